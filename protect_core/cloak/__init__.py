@@ -1,0 +1,1 @@
+"""Cloak Image block: methods, optimiser, budgets, presets and the batch runner."""

@@ -1,0 +1,291 @@
+"""The one seam between StyleCloak and a diffusion host.
+
+Every block (cloak, layer selection, purify, mimicry test) talks to a Stable Diffusion model only through
+:class:`HostModel`. Adapters (diffusers here; ComfyUI and A1111/Forge in their packages) implement the handful of
+abstract methods below; nothing else in ``protect_core`` knows which host it runs in.
+
+Conventions shared by every adapter:
+
+* images are float tensors ``(B, 3, H, W)`` in ``[-1, 1]``; H and W are multiples of ``vae_scale_factor``;
+* latents are *scaled* (multiplied by the VAE scaling factor, shift removed), as the UNet expects them;
+* timesteps are integer indices into ``alphas_cumprod`` (``0 .. num_train_timesteps - 1``);
+* ``weight_overrides`` maps UNet parameter names (as listed by :meth:`HostModel.unet_parameter_names`) to tensors
+  that replace those weights for one call. This is how private adapter weights (LoRA, StyleProtect's to_k/to_v
+  copies, a DreamBooth subset) take part in a forward pass without the host's tensors ever being written.
+
+All gradient work happens inside :meth:`HostModel.borrowed`; see :mod:`protect_core.integrity` for what it
+guarantees about the host's model afterwards.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import torch
+
+from .errors import ModelError
+from .integrity import borrow_modules
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for the UNet. ``pooled`` and ``extras`` are used by SDXL-style models only."""
+
+    context: torch.Tensor                      # (B, tokens, dim)
+    pooled: torch.Tensor | None = None         # (B, dim) pooled text embedding (SDXL)
+    extras: dict = field(default_factory=dict)  # host-specific, e.g. {"original_size": (h, w)}
+
+    def __len__(self) -> int:
+        return self.context.shape[0]
+
+    def repeat_to(self, batch: int) -> "Conditioning":
+        """Broadcast a single-prompt conditioning to ``batch`` rows (no copy when already that size)."""
+        n = self.context.shape[0]
+        if n == batch:
+            return self
+        if batch % n:
+            raise ValueError(f"cannot broadcast conditioning of batch {n} to {batch}")
+        k = batch // n
+        pooled = None if self.pooled is None else self.pooled.repeat_interleave(k, 0)
+        return Conditioning(self.context.repeat_interleave(k, 0), pooled, dict(self.extras))
+
+    def cat(self, other: "Conditioning") -> "Conditioning":
+        pooled = None if self.pooled is None else torch.cat([self.pooled, other.pooled])
+        return Conditioning(torch.cat([self.context, other.context]), pooled, dict(self.extras))
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    """One cross-attention (``attn2``) layer of the UNet.
+
+    ``name`` is the canonical, host-independent name (diffusers naming, e.g.
+    ``up_blocks.1.attentions.0.transformer_blocks.0.attn2``); ``host_name`` is the module's path in the host's own
+    UNet. ``params`` maps ``to_q``/``to_k``/``to_v``/``to_out`` to UNet parameter names usable as weight overrides.
+    """
+
+    name: str
+    host_name: str
+    module: torch.nn.Module
+    params: Mapping[str, str]
+    query_dim: int
+    context_dim: int
+
+    @property
+    def block(self) -> str:
+        """Coarse position: ``down``, ``mid`` or ``up``."""
+        return self.name.split("_", 1)[0]
+
+
+class HostModel(abc.ABC):
+    """A borrowed Stable Diffusion model (UNet + VAE + text encoder) seen through one small interface."""
+
+    #: e.g. "sd15", "sd2", "sdxl", "tiny"
+    family: str = "unknown"
+    #: "epsilon" or "v_prediction"
+    prediction_type: str = "epsilon"
+    vae_scale_factor: int = 8
+    latent_channels: int = 4
+
+    # ---- what an adapter must provide -------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> torch.dtype:
+        """The dtype in which the host runs its UNet and VAE."""
+
+    @property
+    @abc.abstractmethod
+    def alphas_cumprod(self) -> torch.Tensor:
+        """Cumulative product of alphas of the training schedule, float32 on ``device``, shape (T,)."""
+
+    @abc.abstractmethod
+    def host_modules(self) -> dict[str, torch.nn.Module]:
+        """The host's modules that must come back unchanged: at least ``unet``, ``vae``, ``text_encoder``."""
+
+    @abc.abstractmethod
+    def _vae_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled posterior (mean, logvar) of ``images`` in [-1, 1]; differentiable."""
+
+    @abc.abstractmethod
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode *unscaled* latents to images in roughly [-1, 1]; differentiable."""
+
+    @property
+    @abc.abstractmethod
+    def latent_scale(self) -> float: ...
+
+    @property
+    def latent_shift(self) -> float:
+        return 0.0
+
+    @abc.abstractmethod
+    def _encode_text(self, prompts: list[str]) -> Conditioning:
+        """Conditioning for ``prompts`` (no gradient needed)."""
+
+    @abc.abstractmethod
+    def _unet(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+              weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Raw UNet output (eps or v) computed with the complete parameter mapping ``weights``."""
+
+    @abc.abstractmethod
+    def unet_parameters(self) -> Mapping[str, torch.Tensor]:
+        """The host UNet's own parameters by name (may be inference tensors; never to be written)."""
+
+    @abc.abstractmethod
+    def _cross_attention_modules(self) -> Iterator[tuple[str, str, torch.nn.Module]]:
+        """Yield ``(canonical_name, host_name, attn2_module)`` for each cross-attention layer, in UNet order."""
+
+    # ---- the shared machinery ---------------------------------------------------------------------------------
+    _views: dict | None = None
+    _borrow_depth: int = 0
+
+    @contextlib.contextmanager
+    def borrowed(self, cancel=None) -> Iterator["HostModel"]:
+        """Enter a gradient-capable session on the host's model.
+
+        Inside, gradients flow to inputs and to weight overrides, even when the host created its weights under
+        ``torch.inference_mode()``; the host's own tensors are never written. On exit (normal, exception or
+        cancellation) ``requires_grad`` flags, ``training`` flags and hook tables are restored, and the cached
+        parameter views are dropped.
+        """
+        if self._borrow_depth:
+            self._borrow_depth += 1
+            try:
+                yield self
+            finally:
+                self._borrow_depth -= 1
+            return
+        self._borrow_depth = 1
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), borrow_modules(self.host_modules()):
+                yield self
+        finally:
+            self._views = None
+            self._borrow_depth = 0
+
+    def _require_borrowed(self) -> None:
+        if not self._borrow_depth:
+            raise RuntimeError("use the model inside `with host.borrowed():`")
+
+    def parameter_views(self) -> dict[str, torch.Tensor]:
+        """Non-inference, gradient-free views of every UNet parameter, built once per borrow.
+
+        Ordinary tensors are shared (``detach()``, no copy); inference tensors are cloned, because autograd cannot
+        save them for backward.
+        """
+        self._require_borrowed()
+        if self._views is None:
+            views = {}
+            for name, p in self.unet_parameters().items():
+                views[name] = p.clone() if p.is_inference() else p.detach()
+            self._views = views
+        return self._views
+
+    def unet_parameter_names(self) -> list[str]:
+        return list(self.unet_parameters().keys())
+
+    def unet_weight(self, name: str) -> torch.Tensor:
+        """A detached, writable *copy* of one UNet weight: a starting point for private adapter weights."""
+        self._require_borrowed()
+        try:
+            return self.parameter_views()[name].detach().clone().float()
+        except KeyError:
+            raise ModelError(f"UNet has no parameter {name!r}") from None
+
+    # images <-> latents
+    def encode(self, images: torch.Tensor, sample: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents of ``images`` in [-1, 1] (posterior mean, or a sample); differentiable, float32."""
+        mean, logvar = self.posterior(images)
+        if sample:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            mean = mean + torch.exp(0.5 * logvar) * noise
+        return (mean - self.latent_shift) * self.latent_scale
+
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled VAE posterior (mean, logvar), float32; differentiable."""
+        self._check_images(images)
+        mean, logvar = self._vae_posterior(images.to(self.device, self.dtype))
+        return mean.float(), logvar.float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (not clamped) from scaled latents; differentiable, float32."""
+        z = latents / self.latent_scale + self.latent_shift
+        return self._vae_decode(z.to(self.device, self.dtype)).float()
+
+    # text
+    def encode_text(self, prompts: str | list[str]) -> Conditioning:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        with torch.no_grad():
+            cond = self._encode_text(list(prompts))
+        pooled = None if cond.pooled is None else cond.pooled.detach()
+        return Conditioning(cond.context.detach(), pooled, cond.extras)
+
+    # UNet
+    def model_output(self, latents: torch.Tensor, timesteps: torch.Tensor | int, cond: Conditioning,
+                     weight_overrides: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Raw UNet output (eps or v, see ``prediction_type``) for scaled latents at integer timesteps."""
+        self._require_borrowed()
+        b = latents.shape[0]
+        t = torch.as_tensor(timesteps, device=self.device).long().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(b)
+        weights = self.parameter_views()
+        if weight_overrides:
+            unknown = set(weight_overrides) - set(weights)
+            if unknown:
+                raise ModelError(f"weight overrides name unknown UNet parameters: {sorted(unknown)[:3]}")
+            weights = {**weights, **{k: v.to(self.dtype) for k, v in weight_overrides.items()}}
+        out = self._unet(latents.to(self.device, self.dtype), t, cond.repeat_to(b), weights)
+        return out.float()
+
+    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor | int, cond: Conditioning,
+                      weight_overrides: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Predicted noise (eps) whatever the model's parameterisation."""
+        from .diffusion import eps_from_output
+
+        out = self.model_output(latents, timesteps, cond, weight_overrides)
+        return eps_from_output(out, latents.float(), timesteps, self.alphas_cumprod, self.prediction_type)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    # cross-attention
+    def cross_attention_layers(self) -> list[CrossAttentionLayer]:
+        params = self.unet_parameters()
+        layers = []
+        for name, host_name, module in self._cross_attention_modules():
+            found = {}
+            for key in ("to_q", "to_k", "to_v", "to_out"):
+                suffix = f"{host_name}.{key}.weight" if key != "to_out" else f"{host_name}.to_out.0.weight"
+                if suffix not in params:
+                    raise ModelError(f"cross-attention layer {host_name} has no {suffix}")
+                found[key] = suffix
+            k = params[found["to_k"]]
+            q = params[found["to_q"]]
+            layers.append(CrossAttentionLayer(name, host_name, module, found, int(q.shape[1]), int(k.shape[1])))
+        return layers
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("empty batch of images")
+        h, w = images.shape[-2:]
+        f = self.vae_scale_factor
+        if h % f or w % f:
+            raise ValueError(f"image size {w}x{h} is not a multiple of {f}; pad it first (protect_core.images)")
+
+    def describe(self) -> dict:
+        """Facts about the model for summaries and reports."""
+        n_unet = sum(p.numel() for p in self.unet_parameters().values())
+        return {"family": self.family, "prediction_type": self.prediction_type,
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "unet_parameters": n_unet, "cross_attention_layers": len(list(self._cross_attention_modules()))}
