@@ -172,19 +172,36 @@ class HostModel(abc.ABC):
         if not self._borrow_depth:
             raise RuntimeError("use the model inside `with host.borrowed():`")
 
-    def parameter_views(self) -> dict[str, torch.Tensor]:
-        """Non-inference, gradient-free views of every UNet parameter, built once per borrow.
+    def module_views(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Non-inference, gradient-free views of a host module's parameters and buffers, built once per borrow.
 
-        Ordinary tensors are shared (``detach()``, no copy); inference tensors are cloned, because autograd cannot
-        save them for backward.
+        Ordinary tensors are shared (``detach()``, no copy); inference tensors (weights a host created under
+        ``torch.inference_mode()``) are cloned, because autograd cannot save them for backward.
         """
         self._require_borrowed()
         if self._views is None:
+            self._views = {}
+        key = id(module)
+        if key not in self._views:
             views = {}
-            for name, p in self.unet_parameters().items():
-                views[name] = p.clone() if p.is_inference() else p.detach()
-            self._views = views
-        return self._views
+            for name, t in [*module.named_parameters(), *module.named_buffers()]:
+                views[name] = t.clone() if t.is_inference() else t.detach()
+            self._views[key] = views
+        return self._views[key]
+
+    def call(self, module: torch.nn.Module, *args, **kwargs):
+        """Run a host (sub)module on its non-inference views: the way adapters run the VAE and UNet."""
+        return torch.func.functional_call(module, self.module_views(module), args, kwargs, strict=False)
+
+    def parameter_views(self) -> dict[str, torch.Tensor]:
+        """Views (see :meth:`module_views`) of every UNet parameter, keyed like :meth:`unet_parameters`."""
+        self._require_borrowed()
+        if self._views is None:
+            self._views = {}
+        if "unet" not in self._views:
+            self._views["unet"] = {n: (p.clone() if p.is_inference() else p.detach())
+                                   for n, p in self.unet_parameters().items()}
+        return self._views["unet"]
 
     def unet_parameter_names(self) -> list[str]:
         return list(self.unet_parameters().keys())

@@ -71,16 +71,16 @@ class DiffusersHost(HostModel):
     # --- VAE
     def _vae_posterior(self, images):
         vae = self.vae
-        h = vae.encoder(images)
+        h = self.call(vae.encoder, images)
         if vae.quant_conv is not None:
-            h = vae.quant_conv(h)
+            h = self.call(vae.quant_conv, h)
         mean, logvar = torch.chunk(h, 2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def _vae_decode(self, latents):
         vae = self.vae
-        z = vae.post_quant_conv(latents) if vae.post_quant_conv is not None else latents
-        return vae.decoder(z)
+        z = self.call(vae.post_quant_conv, latents) if vae.post_quant_conv is not None else latents
+        return self.call(vae.decoder, z)
 
     # --- text
     def _tokens(self, tokenizer, prompts):
