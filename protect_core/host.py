@@ -99,6 +99,16 @@ class HostModel(abc.ABC):
         """The dtype in which the host runs its UNet and VAE."""
 
     @property
+    def vae_device(self) -> torch.device:
+        """Where the host keeps its VAE (defaults to ``device``)."""
+        return self.device
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The dtype the host runs its VAE in (hosts often keep it in fp32/bf16 while the UNet is fp16)."""
+        return self.dtype
+
+    @property
     @abc.abstractmethod
     def alphas_cumprod(self) -> torch.Tensor:
         """Cumulative product of alphas of the training schedule, float32 on ``device``, shape (T,)."""
@@ -227,13 +237,13 @@ class HostModel(abc.ABC):
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled VAE posterior (mean, logvar), float32; differentiable."""
         self._check_images(images)
-        mean, logvar = self._vae_posterior(images.to(self.device, self.dtype))
-        return mean.float(), logvar.float()
+        mean, logvar = self._vae_posterior(images.to(self.vae_device, self.vae_dtype))
+        return mean.float().to(self.device), logvar.float().to(self.device)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (not clamped) from scaled latents; differentiable, float32."""
         z = latents / self.latent_scale + self.latent_shift
-        return self._vae_decode(z.to(self.device, self.dtype)).float()
+        return self._vae_decode(z.to(self.vae_device, self.vae_dtype)).float().to(self.device)
 
     # text
     def encode_text(self, prompts: str | list[str]) -> Conditioning:

@@ -51,6 +51,14 @@ class DiffusersHost(HostModel):
         return next(self.unet.parameters()).dtype
 
     @property
+    def vae_device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self._alphas
 
