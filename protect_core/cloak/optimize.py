@@ -1,0 +1,175 @@
+"""The cloak optimiser: one projected-gradient loop shared by every cloak method.
+
+A method (``protect_core.cloak.methods``) only says *what* to minimise; this module owns *how*: the perturbation
+``delta``, the L-inf budget ``eps`` and the [0, 1] box, the optional perceptual budget (a hinge penalty during the
+run, enforced exactly at the end), the robust option (expectation over JPEG/resize/blur/noise), seeding,
+progress/cancellation and the final 8-bit quantisation.
+
+Guarantees of :func:`optimize` for its output ``cloaked``:
+
+* ``cloaked`` lies on 8-bit levels (``round(x*255)/255``) and in [0, 1] (except for the rare pixel where no 8-bit
+  level is within ``eps`` of the clean value; that pixel keeps its clean value);
+* ``max |cloaked - clean| <= eps`` (+1e-6) *after* quantisation: a pixel whose rounding would leave the budget is
+  rounded one level toward the clean image instead;
+* with ``settings.perceptual_budget = p``: ``perceptual_distance(cloaked, clean) <= p`` for every image (the delta
+  is scaled down per image by bisection, on quantised candidates, until it holds);
+* with ``channel_tied=True`` (greyscale art) one delta is shared by the three channels;
+* same seed and inputs -> the same bytes on CPU (only ``torch.Generator`` objects are used, never the global RNG);
+* the host's model is borrowed (``with host.borrowed():``) and comes back unchanged, also on error or cancellation.
+
+Optimisers: ``pgd`` (projected sign gradient, ``delta -= step_size * sign(grad)``) and ``adam`` (Adam on ``delta``
+with learning rate ``step_size``, projected after each step).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..metrics import perceptual_distance
+from ..progress import Progress
+from .base import CloakMethod, CloakSettings
+from .robust import random_transform
+
+OPTIMIZERS = ("pgd", "adam")
+_TOL = 5e-7  # float32 slack when comparing |cloaked - clean| with eps (the promise is eps + 1e-6)
+
+
+def validate_settings(s: CloakSettings) -> None:
+    """Raise ValueError naming the problem when resolved settings cannot be used."""
+    if s.eps is None or not 0 < float(s.eps) <= 1:
+        raise ValueError(f"eps must be in (0, 1] in [0, 1] pixel units (8/255 = 0.0314), got {s.eps!r}")
+    if s.steps is None or int(s.steps) != s.steps or s.steps < 0:
+        raise ValueError(f"steps must be a whole number >= 0, got {s.steps!r}")
+    if s.step_size is None or not float(s.step_size) > 0:
+        raise ValueError(f"step_size must be > 0, got {s.step_size!r}")
+    if s.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {s.optimizer!r}")
+    if s.perceptual_budget is not None and not float(s.perceptual_budget) > 0:
+        raise ValueError(f"perceptual_budget must be > 0 (e.g. 0.05) or None, got {s.perceptual_budget!r}")
+    if int(s.robust_samples) < 1:
+        raise ValueError(f"robust_samples must be >= 1, got {s.robust_samples!r}")
+
+
+def box_bounds(clean: torch.Tensor, eps: float, channel_tied: bool = False):
+    """Per-pixel (lo, hi) for delta: |delta| <= eps and clean + delta in [0, 1] (shared bounds when tied)."""
+    lo = torch.clamp(-clean, min=-eps)
+    hi = torch.clamp(1 - clean, max=eps)
+    if channel_tied:
+        lo, hi = lo.amax(1, keepdim=True), hi.amin(1, keepdim=True)
+    return lo, hi
+
+
+def quantize_within(x: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+    """Round to 8-bit levels, stepping one level toward ``clean`` wherever rounding would leave the eps budget."""
+    q = torch.round(x.clamp(0, 1) * 255) / 255
+    over = (q - clean).abs() > eps + _TOL
+    q = torch.where(over, q - torch.sign(q - clean) / 255, q).clamp(0, 1)
+    still = (q - clean).abs() > eps + _TOL       # only when eps < 1/255: keep the clean value there
+    return torch.where(still, clean, q)
+
+
+@torch.no_grad()
+def finalize(clean: torch.Tensor, delta: torch.Tensor, eps: float, budget: float | None = None,
+             kind: str = "auto", iters: int = 14):
+    """Quantised ``clean + s*delta`` with per-image ``s`` in [0, 1]: s = 1 unless the perceptual budget is exceeded,
+    then the largest s found by bisection whose *quantised* result meets it. Returns (cloaked, distances or None)."""
+    x = quantize_within(clean + delta, clean, eps)
+    if budget is None:
+        return x, None
+    dist = perceptual_distance(x, clean, kind)
+    bad = dist > budget
+    if not bool(bad.any()):
+        return x, dist
+    shape = (-1,) + (1,) * (clean.ndim - 1)
+    best = quantize_within(clean, clean, eps)
+    best = torch.where((perceptual_distance(best, clean, kind) > budget).view(shape), clean, best)
+    lo, hi = torch.zeros(len(clean), device=clean.device), torch.ones(len(clean), device=clean.device)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        cand = quantize_within(clean + mid.view(shape) * delta, clean, eps)
+        ok = perceptual_distance(cand, clean, kind) <= budget
+        best = torch.where(ok.view(shape), cand, best)   # lo only rises on success: the last success is largest
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    x = torch.where(bad.view(shape), best, x)
+    return x, perceptual_distance(x, clean, kind)
+
+
+def _objective(method: CloakMethod, host, x: torch.Tensor, seed: int) -> float:
+    """The method's reported objective at ``x`` with fixed randomness, so before/after are comparable."""
+    fn = getattr(method, "objective", None) or method.loss
+    with torch.no_grad():
+        return float(fn(host, x, 0, torch.Generator().manual_seed(seed + 104729)))
+
+
+def _step_loss(method, host, x, step, generator, settings, robust_gen) -> torch.Tensor:
+    if not settings.robust:
+        return method.loss(host, x, step, generator)
+    names = settings.options.get("robust_transforms")
+    losses = [method.loss(host, random_transform(x, robust_gen, names), step, generator)
+              for _ in range(int(settings.robust_samples))]
+    return torch.stack(losses).mean()
+
+
+def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakSettings,
+             progress: Progress | None = None, channel_tied: bool = False):
+    """Cloak a batch ``images01`` (B, 3, H, W) in [0, 1] with ``method`` under resolved ``settings``.
+
+    Returns ``(cloaked01, info)``; ``info`` has objective_before/after (the method's objective on the clean and the
+    final image, same randomness), steps, seconds, losses (per step), perceptual (per image, or None).
+    One ``progress.step(loss=...)`` per step; a cancelled progress raises ``Cancelled`` within one step.
+    Options read from ``settings.options``: ``perceptual_weight`` (hinge weight, default 10, in units of the current
+    loss's magnitude per relative excess over the budget), ``random_start`` (uniform start in the budget, default False),
+    ``robust_transforms`` (subset of robust.TRANSFORMS).
+    """
+    validate_settings(settings)
+    if images01.ndim != 4 or images01.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images01.shape)}")
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    eps, steps, lr = float(settings.eps), int(settings.steps), float(settings.step_size)
+    budget, kind = settings.perceptual_budget, settings.perceptual_kind
+    opts = settings.options
+    with host.borrowed():
+        clean = images01.detach().to(host.device, torch.float32).clamp(0, 1)
+        gen = torch.Generator().manual_seed(int(settings.seed))
+        robust_gen = torch.Generator().manual_seed(int(settings.seed) + 7919)
+        progress.check()
+        method.cancel_check = progress.check  # long prepare() loops may call it (raises Cancelled)
+        method.prepare(host, clean, settings, gen)
+        progress.check()
+        before = _objective(method, host, clean, int(settings.seed))
+        lo, hi = box_bounds(clean, eps, channel_tied)
+        delta = torch.zeros(lo.shape, device=clean.device)
+        if opts.get("random_start"):
+            delta = (torch.rand(lo.shape, generator=gen) * 2 - 1).to(clean.device) * eps
+        delta = torch.maximum(torch.minimum(delta, hi), lo).requires_grad_(True)
+        adam = torch.optim.Adam([delta], lr=lr) if settings.optimizer == "adam" else None
+        weight = float(opts.get("perceptual_weight", 10.0)) if budget is not None else 0.0
+        losses = []
+        for step in range(steps):
+            x = clean + delta
+            loss = _step_loss(method, host, x, step, gen, settings, robust_gen)
+            total = loss
+            if weight:
+                # scale-free hinge: weight * |current loss| per unit of relative excess over the budget
+                over = torch.relu(perceptual_distance(x, clean, kind) - float(budget)) / float(budget)
+                total = total + weight * max(abs(float(loss.detach())), 1e-8) * over.sum()
+            (grad,) = torch.autograd.grad(total, delta)
+            with torch.no_grad():
+                if adam is not None:
+                    delta.grad = grad
+                    adam.step()
+                    delta.grad = None
+                else:
+                    delta -= lr * grad.sign()
+                delta.copy_(torch.maximum(torch.minimum(delta, hi), lo))
+            method.after_step(host, (clean + delta).detach(), step, gen)
+            losses.append(float(loss.detach()))
+            progress.step(loss=losses[-1])
+        cloaked, dist = finalize(clean, delta.detach().expand_as(clean), eps, budget, kind)
+        after = _objective(method, host, cloaked, int(settings.seed))
+    info = {"objective_before": before, "objective_after": after, "steps": steps,
+            "seconds": time.perf_counter() - t0, "losses": losses,
+            "perceptual": None if dist is None else [float(d) for d in dist]}
+    return cloaked.to(images01.device), info

@@ -1,0 +1,164 @@
+"""The Cloak Image runner: a list of images of any sizes in, a list of :class:`CloakResult` out.
+
+It plans the work (pad each image to the VAE grid with reflection, cut images larger than the tile size into
+overlapping tiles, group equal-size pieces into batches; a ``joint`` method gets each equal-size group whole),
+runs :func:`protect_core.cloak.optimize.optimize` on each batch, blends tile deltas seamlessly
+(:mod:`protect_core.cloak.tiling`), crops back to the original size and re-finalises each image (8-bit levels,
+L-inf and perceptual budgets, see :func:`~protect_core.cloak.optimize.finalize`). Hosts and the CLI call
+:func:`cloak_images`; ``on_result(index, result)`` fires as soon as an image is complete (so the CLI can save it).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..metrics import image_stats, perceptual_distance
+from ..progress import Progress
+from .base import CloakMethod, CloakSettings, get_method
+from .optimize import finalize, optimize, validate_settings
+from .tiling import Box, blend, pad_to_multiple, tile_boxes, unpad
+
+
+@dataclass
+class CloakResult:
+    """One cloaked image (3, H, W) in [0, 1] on 8-bit levels, a visualisation of its delta, and its numbers."""
+
+    image: torch.Tensor
+    perturbation_view: torch.Tensor  # 0.5 + delta * 0.5 / eps: grey = untouched, black/white = full budget
+    stats: dict
+
+
+@dataclass
+class _Piece:
+    index: int           # which input image
+    box: Box             # where in the padded image
+    pixels: torch.Tensor  # (3, th, tw) crop of the padded image
+    tied: bool
+
+
+def default_tile(method: CloakMethod) -> int:
+    """Largest side cloaked in one piece: 512 px for UNet-backward methods, 1024 for encoder-only ones."""
+    return int(getattr(method, "default_tile", None) or (512 if method.uses_unet else 1024))
+
+
+def perturbation_view(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    return (0.5 + delta * (0.5 / eps)).clamp(0, 1)
+
+
+def _check_image(i: int, img) -> torch.Tensor:
+    if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] != 3:
+        shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+        raise ValueError(f"image {i}: expected a (3, H, W) tensor in [0, 1], got {shape}")
+    if img.shape[1] < 1 or img.shape[2] < 1:
+        raise ValueError(f"image {i}: empty image {tuple(img.shape)}")
+    img = img.detach().float()
+    if not bool(torch.isfinite(img).all()):
+        raise ValueError(f"image {i}: contains NaN or infinite values")
+    return img.clamp(0, 1)
+
+
+def plan_pieces(images: Sequence[torch.Tensor], factor: int, tile: int, overlap: int,
+                tied: Sequence[bool]) -> tuple[list[_Piece], list[tuple[int, int]], list[list[Box]]]:
+    """Pieces to optimise, each image's padded size, and each image's tile boxes."""
+    pieces, padded_sizes, all_boxes = [], [], []
+    for i, img in enumerate(images):
+        padded, _ = pad_to_multiple(img, factor)
+        hp, wp = padded.shape[-2:]
+        boxes = tile_boxes(hp, wp, tile, overlap) if max(hp, wp) > tile else [(0, 0, hp, wp)]
+        for (top, left, th, tw) in boxes:
+            pieces.append(_Piece(i, (top, left, th, tw), padded[:, top:top + th, left:left + tw], tied[i]))
+        padded_sizes.append((hp, wp))
+        all_boxes.append(boxes)
+    return pieces, padded_sizes, all_boxes
+
+
+def batch_pieces(pieces: list[_Piece], joint: bool, batch_size: int) -> list[list[_Piece]]:
+    """Equal-size (and equally tied) pieces together; joint methods get each such group whole."""
+    groups: dict[tuple, list[_Piece]] = {}
+    for p in pieces:
+        groups.setdefault((*p.pixels.shape[-2:], p.tied), []).append(p)
+    if joint:
+        return list(groups.values())
+    return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+
+
+def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, progress: Progress | None = None,
+                 batch_size: int = 4, channel_tied: bool | Sequence[bool] = False, tile_size: int | None = None,
+                 tile_overlap: int | None = None,
+                 on_result: Callable[[int, CloakResult], None] | None = None) -> list[CloakResult]:
+    """Cloak ``images`` (each (3, H, W) in [0, 1], any size) with ``settings.method``; results in input order.
+
+    ``channel_tied``: one flag for all or one per image (greyscale art: one delta shared by the channels).
+    ``tile_size``: largest side optimised in one piece (default :func:`default_tile`); ``tile_overlap`` defaults
+    to a quarter tile. ``stats`` objective numbers are those of the batch(es) the image was optimised in.
+    """
+    ref = get_method(settings.method)
+    s = settings.resolved(ref)
+    validate_settings(s)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images = [_check_image(i, img) for i, img in enumerate(images)]
+    if not images:
+        return []
+    tied = [bool(channel_tied)] * len(images) if isinstance(channel_tied, bool) else [bool(t) for t in channel_tied]
+    if len(tied) != len(images):
+        raise ValueError(f"channel_tied has {len(tied)} flags for {len(images)} images")
+    f = host.vae_scale_factor
+    tile = (int(tile_size or default_tile(ref)) // f) * f
+    if tile < 2 * f:
+        raise ValueError(f"tile size must be at least {2 * f} px, got {tile_size}")
+    overlap = tile // 4 if tile_overlap is None else int(tile_overlap)
+    pieces, padded_sizes, boxes = plan_pieces(images, f, tile, overlap, tied)
+    batches = batch_pieces(pieces, ref.joint, batch_size)
+    progress = progress or Progress()
+    progress.add_total(len(batches) * int(s.steps))
+
+    pending = [len(b) for b in boxes]
+    deltas: list[dict] = [dict() for _ in images]
+    seconds, before, after = [0.0] * len(images), [[] for _ in images], [[] for _ in images]
+    results: list[CloakResult | None] = [None] * len(images)
+    for k, batch in enumerate(batches):
+        x = torch.stack([p.pixels for p in batch])
+        method = get_method(s.method)                     # fresh state per batch
+        cloaked, info = optimize(host, method, x, dataclasses.replace(s, seed=int(s.seed) + k), progress,
+                                 channel_tied=batch[0].tied)
+        for p, c in zip(batch, cloaked.cpu()):
+            deltas[p.index][p.box] = c - p.pixels
+            seconds[p.index] += info["seconds"] / len(batch)
+            before[p.index].append(info["objective_before"])
+            after[p.index].append(info["objective_after"])
+            pending[p.index] -= 1
+            if pending[p.index] == 0:
+                i = p.index
+                results[i] = _assemble(images[i], deltas[i], boxes[i], padded_sizes[i], overlap, s,
+                                       {"seconds": seconds[i], "objective_before": _mean(before[i]),
+                                        "objective_after": _mean(after[i])})
+                deltas[i] = {}
+                if on_result is not None:
+                    on_result(i, results[i])
+    return results
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _assemble(clean: torch.Tensor, deltas: dict, boxes: list[Box], padded: tuple[int, int], overlap: int,
+              s: CloakSettings, numbers: dict) -> CloakResult:
+    if len(boxes) == 1:
+        delta = deltas[boxes[0]]
+    else:
+        delta = blend([deltas[b] for b in boxes], boxes, padded[0], padded[1], overlap)
+    delta = unpad(delta, clean.shape[-2:])
+    cloaked, dist = finalize(clean[None], delta[None], float(s.eps), s.perceptual_budget, s.perceptual_kind)
+    with torch.no_grad():
+        if dist is None:
+            dist = perceptual_distance(cloaked, clean[None], s.perceptual_kind)
+    stats = {**image_stats(clean[None], cloaked)[0], "perceptual": round(float(dist[0]), 6),
+             **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in numbers.items()},
+             "tiles": len(boxes), "method": s.method, "settings": dataclasses.asdict(s)}
+    cloaked = cloaked[0]
+    return CloakResult(cloaked, perturbation_view(cloaked - clean, float(s.eps)), stats)
