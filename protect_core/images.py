@@ -1,0 +1,629 @@
+"""Image input/output for every block and host: load, validate, pad, save (atomically), list image files.
+
+Policies (what happens to each kind of input, and why):
+
+* Formats: PNG, JPEG (and camera MPO), WebP, TIFF and BMP are read; the output format comes from the suffix
+  (``.png .jpg .jpeg .webp .tif .tiff .bmp``). PNG is the default and is lossless. The file's content decides how
+  it is read, not its suffix; other formats (GIF, PSD, ...) are refused with a message saying to convert to PNG.
+* Lossy output: JPEG and lossy WebP compression partly washes a cloak out, so choosing them returns (and logs) a
+  warning. JPEG is written at quality 95 with 4:4:4 chroma; WebP at quality 95, or lossless when ``quality=100``.
+* Alpha: RGBA / LA / palette-with-transparency / colour-key transparency keep their alpha values exactly (same
+  dtype); only RGB is cloaked and ``save_image(..., like=loaded)`` puts the original alpha back. JPEG has no alpha:
+  it is dropped with a warning.
+* Greyscale (L, I;16, I, 1-bit): ``is_grey`` is True and ``rgb`` holds the grey value in all three channels; when
+  saved ``like`` it stays greyscale (the mean of the three cloaked channels).
+* 16-bit: 16-bit PNGs are decoded by a small built-in PNG reader (Pillow reduces 16-bit colour to 8 bits) and kept
+  at full precision in float32 (``bits == 16``); saving ``like`` them to .png writes 16-bit PNG with a small
+  built-in writer (zlib + struct). 16-bit greyscale TIFF is kept at 16 bits; 16-bit colour TIFF and interlaced
+  16-bit colour PNG are read at 8 bits with a warning (Pillow limitation). Formats without 16-bit storage
+  (JPEG, WebP, BMP, colour TIFF) are written at 8 bits with a warning.
+* CMYK (e.g. print JPEGs) is converted to sRGB, through its embedded ICC profile when it has one, else with
+  Pillow's simple formula; a warning says which. Other colour spaces (YCbCr, LAB, HSV) are converted to RGB.
+* ICC profiles are kept (pixels are not colour-converted) and written back when the output colour space matches.
+  DPI is kept. EXIF, XMP and text chunks are not copied: camera and location data do not leak into outputs.
+* EXIF orientation is applied on load, so ``rgb`` is upright; outputs carry no orientation tag.
+* Odd sizes: ``pad_to_multiple`` pads (reflect, or replicate when the image is too small to reflect) to what the
+  model needs and ``unpad`` restores the exact original size, so outputs always match the input size.
+* Size limits: images smaller than ``min_side`` (16) pixels a side are refused. Images above ``max_pixels``
+  (default 4096 x 4096) are refused from the header alone, before any pixel is decoded; the limit protects memory
+  and can be raised (the cloak block processes images above its tile size in tiles, so large images only cost
+  time). Pillow's decompression-bomb check is turned into the same message.
+* Every load failure raises ``ImageError`` with one message naming the file, the problem and what to do.
+* Writes are atomic: a temporary file in the same folder, fsync, ``os.replace``; on any exception (Ctrl-C
+  included) the temporary file is removed and no partial output exists. The input file is never overwritten
+  unless ``overwrite_input=True``.
+* Quantisation: ``to_uint8`` (``torch.round(x * 255)``, round half to even) is the exact rounding used for every
+  8-bit output, so perturbation budgets measured on ``quantize(x)`` hold for the saved file.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import struct
+import tempfile
+import threading
+import warnings as _warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .errors import ImageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MIN_SIDE = 16
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+                  ".tiff": "TIFF", ".bmp": "BMP"}
+READABLE_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP"}
+LOSSY_FORMATS = {"JPEG", "WEBP"}
+_PIL_LOCK = threading.Lock()
+
+
+@dataclass
+class LoadedImage:
+    """An image ready for the engine: ``rgb`` (3, H, W) float32 in [0, 1] plus what is needed to save it back."""
+
+    rgb: torch.Tensor
+    alpha: np.ndarray | None = None
+    path: Path | None = None
+    mode: str = "RGB"
+    bits: int = 8
+    is_grey: bool = False
+    icc_profile: bytes | None = None
+    warnings: list[str] = field(default_factory=list)
+    format: str | None = None
+    dpi: tuple | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.rgb.shape[-1]), int(self.rgb.shape[-2])
+
+
+def _fail(path, what: str, todo: str = "") -> ImageError:
+    return ImageError(f"cannot use image '{path}': {what}." + (f" {todo}" if todo else ""))
+
+
+def _too_large(path, what: str, max_pixels: int) -> ImageError:
+    side = int(max_pixels ** 0.5)
+    return _fail(path, f"{what} is over the limit of max_pixels={max_pixels} (about {side}x{side})",
+                 "Downscale it, or raise max_pixels (CLI: --max-pixels) if the machine has the memory; the cloak "
+                 "processes large images in tiles, so a bigger limit costs time rather than GPU memory.")
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> LoadedImage:
+    """Read one image file (see the module docstring for every policy); failures raise ``ImageError``."""
+    p = Path(path)
+    if not p.exists():
+        raise _fail(p, "file not found", "Check the path.")
+    if p.is_dir():
+        raise _fail(p, "it is a folder, not an image file", "Pass the image files, or use list_images(folder).")
+    if p.stat().st_size == 0:
+        raise _fail(p, "the file is empty (0 bytes)", "Re-export or re-download it.")
+    try:
+        with _strict_pillow(max_pixels), Image.open(p) as im:
+            if im.format not in READABLE_FORMATS:
+                raise _fail(p, f"{im.format} files are not supported",
+                            "Convert it to PNG (or JPEG, WebP, TIFF, BMP).")
+            w, h = im.size
+            if w * h > max_pixels:
+                raise _too_large(p, f"{w}x{h} pixels ({w * h / 1e6:.1f} MP)", max_pixels)
+            if min(w, h) < min_side:
+                raise _fail(p, f"{w}x{h} pixels is too small",
+                            f"The minimum is {min_side} pixels on each side.")
+            return _decode(p, im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise _too_large(p, "its pixel count (far larger than Pillow's safety limit)", max_pixels) from None
+    except UnidentifiedImageError:
+        raise _fail(p, "the file is not an image (its content matches no supported format)",
+                    "Check that it really is a PNG/JPEG/WebP/TIFF/BMP file.") from None
+    except MemoryError:
+        raise _fail(p, "out of memory while decoding it", "Downscale it or lower max_pixels.") from None
+    except PermissionError:
+        raise _fail(p, "permission denied", "Check the file's permissions.") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error) as e:
+        raise _fail(p, f"the file is truncated or damaged ({e})", "Re-export or re-download it.") from None
+
+
+@contextlib.contextmanager
+def _strict_pillow(max_pixels: int):
+    """Refuse truncated data even if a host enabled LOAD_TRUNCATED_IMAGES; let our own size limit speak first."""
+    with _PIL_LOCK, _warnings.catch_warnings():
+        _warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old_px, old_trunc = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        if old_px is not None and max_pixels > old_px:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_px, old_trunc
+
+
+def _decode(p: Path, im: Image.Image) -> LoadedImage:
+    notes: list[str] = []
+    icc, dpi, mode = im.info.get("icc_profile"), im.info.get("dpi"), im.mode
+    png16 = None
+    if im.format == "PNG":
+        with open(p, "rb") as f:
+            head = f.read(29)
+        if head[24] == 16:  # IHDR bit depth
+            png16 = _read_png16(p.read_bytes())
+            if png16 is None and head[25] != 0:
+                notes.append("interlaced 16-bit colour PNG read at 8-bit precision (Pillow limitation)")
+    if png16 is not None:
+        arr, chunks = png16
+        orientation = _exif_orientation(chunks.get(b"eXIf"))  # ICC and DPI come before IDAT: Pillow has them
+        alpha = arr[..., -1].copy() if arr.shape[-1] in (2, 4) else None
+        arr = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
+    else:
+        im.load()  # force the full decode now: truncation surfaces here as OSError
+        if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":
+            notes.append(f"has {im.n_frames} frames/pages; only the first is used")
+        orientation = im.getexif().get(0x0112, 1)
+        arr, alpha, icc = _pixels(p, im, icc, notes)
+        bps = im.tag_v2.get(258) if im.format == "TIFF" else None
+        if arr.dtype == np.uint8 and bps is not None and max(np.atleast_1d(bps)) > 8:
+            notes.append(f"{max(np.atleast_1d(bps))}-bit colour TIFF read at 8-bit precision (Pillow "
+                         "limitation); export a 16-bit PNG to keep full precision")
+    arr, alpha = _orient(arr, orientation), (None if alpha is None else _orient(alpha, orientation))
+    bits = 16 if arr.dtype == np.uint16 else 8
+    rgb = torch.from_numpy(arr.astype(np.float32) / (65535.0 if bits == 16 else 255.0)).permute(2, 0, 1)
+    is_grey = rgb.shape[0] == 1
+    rgb = rgb.expand(3, -1, -1).contiguous() if is_grey else rgb.contiguous()
+    for n in notes:
+        log.warning("%s: %s", p, n)
+    return LoadedImage(rgb=rgb, alpha=alpha, path=p, mode=mode, bits=bits, is_grey=is_grey, icc_profile=icc,
+                       warnings=notes, format=im.format, dpi=tuple(dpi) if dpi else None)
+
+
+def _pixels(p: Path, im: Image.Image, icc, notes: list[str]):
+    """(H, W, 1 or 3) uint8/uint16 pixels, alpha (H, W) or None, and the ICC profile that still applies."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im)
+        if a.min() < 0 or a.max() > 65535:
+            raise _fail(p, f"32-bit integer greyscale (values up to {a.max()}) is not supported",
+                        "Export it as 16-bit PNG or TIFF.")
+        return a.astype(np.uint16)[..., None], None, icc
+    if mode == "CMYK":
+        im, icc = _cmyk_to_rgb(im, icc, notes), None
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    elif mode in ("L", "RGB") and "transparency" in im.info:
+        im = im.convert(mode + "A")
+    elif mode in ("La", "RGBa", "RGBX"):
+        im = im.convert({"La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}[mode])
+    elif mode in ("YCbCr", "LAB", "HSV"):
+        notes.append(f"{mode} converted to RGB")
+        im, icc = im.convert("RGB"), None
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        raise _fail(p, f"pixel mode {mode} is not supported", "Export it as an 8- or 16-bit RGB or greyscale PNG.")
+    a = np.asarray(im)
+    a = a[..., None] if a.ndim == 2 else a
+    if im.mode in ("LA", "RGBA"):
+        return np.ascontiguousarray(a[..., :-1]), a[..., -1].copy(), icc
+    return a, None, icc
+
+
+def _cmyk_to_rgb(im: Image.Image, icc, notes: list[str]) -> Image.Image:
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            notes.append("CMYK converted to RGB (sRGB) through its embedded ICC profile")
+            return out
+        except Exception:  # a broken or unsupported profile: fall back to the plain formula below
+            pass
+    notes.append("CMYK converted to RGB with a simple formula (no usable colour profile); colours may shift")
+    return im.convert("RGB")
+
+
+def _exif_orientation(raw: bytes | None) -> int:
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    exif.load(raw if raw.startswith(b"Exif") else b"Exif\0\0" + raw)
+    return exif.get(0x0112, 1)
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an (H, W[, C]) array, as Pillow's ImageOps.exif_transpose does."""
+    t = {2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1], 4: lambda x: x[::-1],
+         5: lambda x: x.swapaxes(0, 1), 6: lambda x: np.rot90(x, -1), 7: lambda x: x.swapaxes(0, 1)[::-1, ::-1],
+         8: lambda x: np.rot90(x, 1)}.get(orientation)
+    return a if t is None else np.ascontiguousarray(t(a))
+
+
+# ------------------------------------------------------------------------------------- minimal 16-bit PNG codec
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+
+
+def _png_chunks(data: bytes):
+    pos = 8
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise ValueError("PNG chunk cut short: the file is truncated")
+        n, typ = struct.unpack(">I4s", data[pos:pos + 8])
+        payload, crc = data[pos + 8:pos + 8 + n], data[pos + 8 + n:pos + 12 + n]
+        if len(crc) < 4:
+            raise ValueError("PNG chunk cut short: the file is truncated")
+        if zlib.crc32(typ + payload) != struct.unpack(">I", crc)[0]:
+            raise ValueError(f"PNG chunk {typ.decode('latin-1')} is damaged (CRC mismatch)")
+        yield typ, payload
+        if typ == b"IEND":
+            return
+        pos += 12 + n
+
+
+def _read_png16(data: bytes):
+    """(H, W, C) uint16 pixels and the other chunks of a non-interlaced 16-bit PNG; None if it is interlaced."""
+    w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if depth != 16 or ctype not in _PNG_CHANNELS or data[:8] != _PNG_SIG:
+        raise ValueError(f"unexpected PNG header (bit depth {depth}, colour type {ctype})")
+    if interlace:
+        return None
+    idat, chunks = [], {}
+    for typ, payload in _png_chunks(data):
+        if typ == b"IDAT":
+            idat.append(payload)
+        else:
+            chunks.setdefault(typ, payload)
+    c = _PNG_CHANNELS[ctype]
+    stride = 1 + w * 2 * c
+    d = zlib.decompressobj()
+    raw = d.decompress(b"".join(idat), h * stride)
+    if len(raw) < h * stride:
+        raise ValueError("PNG pixel data ends early: the file is truncated")
+    rows = np.frombuffer(raw, np.uint8).reshape(h, stride)
+    arr = _unfilter(rows, w, 2 * c).reshape(h, w * 2 * c).view(">u2").reshape(h, w, c).astype(np.uint16)
+    key = chunks.get(b"tRNS")
+    if key is not None and ctype in (0, 2):  # colour-key transparency becomes an alpha channel
+        hit = (arr == np.frombuffer(key[:2 * c], ">u2")).all(-1)
+        arr = np.concatenate([arr, np.where(hit, 0, 65535).astype(np.uint16)[..., None]], -1)
+    return arr, chunks
+
+
+def _unfilter(rows: np.ndarray, w: int, bpp: int) -> np.ndarray:
+    """Undo PNG row filters: None/Sub/Up rows vectorised per row, runs of Average/Paeth rows by anti-diagonals."""
+    h = rows.shape[0]
+    kind = rows[:, 0]
+    if kind.max(initial=0) > 4:
+        raise ValueError("invalid PNG filter type: the file is damaged")
+    src = rows[:, 1:].reshape(h, w, bpp).astype(np.int16)
+    out = np.zeros((h + 1, w + 1, bpp), np.int16)  # a zero row on top and a zero column on the left
+    y = 0
+    while y < h:
+        if kind[y] == 0:
+            out[y + 1, 1:] = src[y]
+        elif kind[y] == 1:
+            out[y + 1, 1:] = np.cumsum(src[y], 0, dtype=np.int64) & 255
+        elif kind[y] == 2:
+            out[y + 1, 1:] = (src[y] + out[y, 1:]) & 255
+        else:
+            end = y
+            while end < h and kind[end] >= 3:
+                end += 1
+            _unfilter_diagonals(out, src, kind, y, end)
+            y = end
+            continue
+        y += 1
+    return out[1:, 1:].astype(np.uint8)
+
+
+def _unfilter_diagonals(out, src, kind, y0: int, y1: int) -> None:
+    """Rows y0..y1-1 (Average/Paeth): pixel (y, x) needs (y, x-1), (y-1, x), (y-1, x-1), so each anti-diagonal
+    of the block depends only on earlier ones and is computed in one vectorised step."""
+    w = src.shape[1]
+    for k in range(y1 - y0 + w - 1):
+        y = y0 + np.arange(max(0, k - w + 1), min(y1 - y0 - 1, k) + 1)
+        x = k - (y - y0)
+        a, b, c = out[y + 1, x], out[y, x + 1], out[y, x]
+        pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        pred = np.where(kind[y][:, None] == 3, (a + b) >> 1, paeth)
+        out[y + 1, x + 1] = (src[y, x] + pred) & 255
+
+
+def _png_chunk(typ: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + typ + payload + struct.pack(">I", zlib.crc32(typ + payload))
+
+
+def _write_png16(fp, arr: np.ndarray, icc: bytes | None = None, dpi=None) -> None:
+    """Write (H, W, C) uint16 pixels (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) as a 16-bit PNG (Sub filter)."""
+    h, w, c = arr.shape
+    bpp = 2 * c
+    raw = arr.astype(">u2").view(np.uint8).reshape(h, w * bpp)
+    sub = raw.copy()
+    sub[:, bpp:] = raw[:, bpp:] - raw[:, :-bpp]  # uint8 arithmetic wraps modulo 256, as PNG requires
+    body = zlib.compress(np.concatenate([np.ones((h, 1), np.uint8), sub], 1).tobytes(), 6)
+    ctype = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    fp.write(_PNG_SIG + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0)))
+    if icc:
+        fp.write(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
+    if dpi:
+        ppm = [max(1, round(float(d) / 0.0254)) for d in dpi[:2]]
+        fp.write(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[-1], 1)))
+    for i in range(0, len(body), 1 << 20):
+        fp.write(_png_chunk(b"IDAT", body[i:i + (1 << 20)]))
+    fp.write(_png_chunk(b"IEND", b""))
+
+
+# ---------------------------------------------------------------------------------------------- tensors and bits
+def validate_tensor(x, name: str = "image", *, channels: int | None = 3, channel_dim: int = -3,
+                    value_range: tuple[float, float] | None = (0.0, 1.0), tol: float = 1e-3) -> torch.Tensor:
+    """Check an image tensor: (C, H, W) or (B, C, H, W) float (``channel_dim=-1`` for (B, H, W, C) layouts),
+    finite, values inside ``value_range`` up to ``tol``. Returns ``x`` unchanged; raises ValueError otherwise."""
+    layout = "(B, H, W, C)" if channel_dim == -1 else "(C, H, W) or (B, C, H, W)"
+    if not torch.is_tensor(x):
+        raise ValueError(f"{name}: expected a torch tensor {layout}, got {type(x).__name__}")
+    if x.dim() not in (3, 4) or (channel_dim == -1 and x.dim() != 4):
+        raise ValueError(f"{name}: expected shape {layout}, got {tuple(x.shape)}")
+    if channels is not None and x.shape[channel_dim] != channels:
+        raise ValueError(f"{name}: expected {channels} channels in layout {layout}, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name}: the tensor is empty, shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float tensor in [0, 1], got {x.dtype} (divide 8-bit values by 255)")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{name}: contains {bad} NaN/inf values; the computation that produced it diverged "
+                         "(try a smaller step size, fewer steps or float32)")
+    if value_range is not None:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < value_range[0] - tol or hi > value_range[1] + tol:
+            raise ValueError(f"{name}: values span [{lo:.4g}, {hi:.4g}] but must lie in {list(value_range)} "
+                             "(a [-1, 1] or 0-255 image passed where a [0, 1] image was expected?)")
+    return x
+
+
+def to_uint8(rgb01: torch.Tensor) -> torch.Tensor:
+    """The one 8-bit quantiser: ``round(clamp(x, 0, 1) * 255)`` (round half to even), any shape, same device."""
+    return torch.round(rgb01.detach().float().clamp(0, 1) * 255).to(torch.uint8)
+
+
+def to_uint16(rgb01: torch.Tensor) -> torch.Tensor:
+    """16-bit counterpart of ``to_uint8`` (int32 tensor holding 0..65535; torch has no general uint16 math)."""
+    return torch.round(rgb01.detach().float().clamp(0, 1) * 65535).to(torch.int32)
+
+
+def quantize(rgb01: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Float values on the grid the saved file will hold (what budgets should be measured on)."""
+    return to_uint8(rgb01).float() / 255 if bits == 8 else to_uint16(rgb01).float() / 65535
+
+
+# ------------------------------------------------------------------------------------------------------ saving
+def save_image(path, rgb01: torch.Tensor, like: LoadedImage | None = None, quality: int | None = None, *,
+               overwrite_input: bool = False) -> list[str]:
+    """Write ``rgb01`` ((3, H, W) or (1, 3, H, W) in [0, 1]) atomically; format from the suffix.
+
+    With ``like`` (the LoadedImage it came from) the alpha, greyscale, 16-bit depth, ICC profile and DPI come
+    back. Returns the warnings (also logged): lossy format, alpha dropped, precision reduced, profile dropped.
+    """
+    p = Path(path)
+    fmt = IMAGE_SUFFIXES.get(p.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"cannot save '{p}': unknown image suffix '{p.suffix}'; use one of "
+                         f"{', '.join(IMAGE_SUFFIXES)} (.png keeps the cloak intact)")
+    x = validate_tensor(rgb01, f"image to save as '{p.name}'")
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ValueError(f"image to save as '{p.name}': got a batch of {x.shape[0]}; save one image per file")
+        x = x[0]
+    x = x.detach().float().cpu().clamp(0, 1)
+    if like is not None and like.path is not None and not overwrite_input and _same_file(p, like.path):
+        raise ImageError(f"refusing to overwrite the input image '{p}'; choose another output path "
+                         "(or pass overwrite_input=True)")
+    notes: list[str] = []
+    grey, bits = bool(like and like.is_grey), 16 if like is not None and like.bits == 16 else 8
+    alpha = like.alpha if like is not None else None
+    icc, dpi = (like.icc_profile, like.dpi) if like is not None else (None, None)
+    h, w = x.shape[-2:]
+    if alpha is not None and alpha.shape != (h, w):
+        raise ImageError(f"cannot save '{p}': the original alpha is {alpha.shape[1]}x{alpha.shape[0]} but the image "
+                         f"is {w}x{h}; unpad the image back to its original size first")
+    if fmt == "JPEG" and alpha is not None:
+        notes.append("JPEG cannot store transparency: the alpha channel was dropped; save as .png to keep it")
+        alpha = None
+    if grey and fmt == "WEBP":
+        grey = False  # WebP has no greyscale mode; the grey value goes into all three channels
+    if bits == 16 and not (fmt == "PNG" or (fmt == "TIFF" and grey and alpha is None)):
+        notes.append(f"16-bit precision reduced to 8 bits: {fmt} output here holds 8 bits; save as .png to keep 16")
+        bits = 8
+    webp_lossless = fmt == "WEBP" and quality is not None and quality >= 100
+    if fmt in LOSSY_FORMATS and not webp_lossless:
+        notes.append(f"{fmt} is lossy: its compression weakens the cloak; save as .png for full protection")
+    pixels = _pixel_array(x, grey, bits)
+    if alpha is not None:
+        pixels = np.concatenate([pixels, _convert_alpha(alpha, bits)[..., None]], -1)
+    if icc and (fmt == "BMP" or icc[16:20] != (b"GRAY" if grey else b"RGB ")):
+        notes.append("the ICC colour profile was not written (it does not fit this format or colour space)")
+        icc = None
+    with _atomic_open(p) as fp:
+        if bits == 16 and fmt == "PNG":
+            _write_png16(fp, pixels, icc, dpi)
+        else:
+            _pil_save(fp, pixels, fmt, icc, dpi, quality, webp_lossless)
+    for n in notes:
+        log.warning("%s: %s", p, n)
+    return notes
+
+
+def _pixel_array(x: torch.Tensor, grey: bool, bits: int) -> np.ndarray:
+    src = x.mean(0, keepdim=True) if grey else x
+    q = to_uint16(src).numpy().astype(np.uint16) if bits == 16 else to_uint8(src).numpy()
+    return np.ascontiguousarray(q.transpose(1, 2, 0))
+
+
+def _convert_alpha(alpha: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 16:
+        return alpha.astype(np.uint16) * (257 if alpha.dtype == np.uint8 else 1)
+    return alpha if alpha.dtype == np.uint8 else np.round(alpha / 257.0).astype(np.uint8)
+
+
+def _pil_save(fp, pixels: np.ndarray, fmt: str, icc, dpi, quality, webp_lossless: bool) -> None:
+    c = pixels.shape[-1]
+    im = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+    if fmt == "BMP" and c == 2:
+        im = im.convert("RGBA")
+    opts: dict = {}
+    if icc:
+        opts["icc_profile"] = icc
+    if dpi and fmt != "WEBP":
+        opts["dpi"] = tuple(float(d) for d in dpi[:2])
+    if fmt == "JPEG":
+        opts.update(quality=quality or 95, subsampling=0)
+    elif fmt == "WEBP":
+        opts.update(lossless=True) if webp_lossless else opts.update(quality=quality or 95, method=4)
+    elif fmt == "TIFF":
+        opts.update(compression="tiff_deflate")
+    im.save(fp, format=fmt, **opts)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and Path(b).exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == Path(b).resolve()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+@contextlib.contextmanager
+def _atomic_open(path):
+    """Binary file object whose content appears at ``path`` only if the block completes (fsync + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            yield fp
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX); not possible everywhere
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (no partial file on failure or Ctrl-C)."""
+    with _atomic_open(path) as fp:
+        fp.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (no partial file on failure or Ctrl-C)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+# ---------------------------------------------------------------------------------------- listing and batching
+def list_images(paths, recursive: bool = False) -> list[Path]:
+    """Image files named by ``paths`` (files and/or folders; hidden files skipped), de-duplicated and sorted."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise ImageError("no input images given; pass image files or folders")
+    found: dict[Path, Path] = {}
+    for item in items:
+        p = Path(item)
+        if not p.exists():
+            raise ImageError(f"input '{p}' does not exist; check the path")
+        if p.is_dir():
+            for f in (p.rglob("*") if recursive else p.iterdir()):
+                rel = f.relative_to(p).parts
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith(".") for s in rel):
+                    found.setdefault(f.resolve(), f)
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            found.setdefault(p.resolve(), p)
+        else:
+            raise ImageError(f"input '{p}' is not an image file (suffix '{p.suffix}'); "
+                             f"supported: {', '.join(IMAGE_SUFFIXES)}")
+    if not found:
+        hint = "" if recursive else " (subfolders are not searched; use recursive / --recursive)"
+        raise ImageError(f"no images found in {', '.join(str(i) for i in items)}: looked for "
+                         f"{', '.join(IMAGE_SUFFIXES)}{hint}")
+    return sorted(found.values())
+
+
+def pad_to_multiple(x: torch.Tensor, m: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) or (C, H, W) at the bottom/right up to multiples of ``m``; returns (padded, (h, w)).
+
+    ``mode``: "reflect" (falls back to "replicate" when the image is too small to reflect), "replicate",
+    or "constant" (zeros). ``unpad(padded, (h, w))`` restores the exact original size.
+    """
+    if int(m) < 1:
+        raise ValueError(f"pad_to_multiple: the multiple must be >= 1, got {m}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"pad_to_multiple: expected (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
+    if mode not in ("reflect", "replicate", "constant"):
+        raise ValueError(f"pad_to_multiple: mode must be reflect, replicate or constant, got {mode!r}")
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    ph, pw = (-h) % m, (-w) % m
+    if not (ph or pw):
+        return x, (h, w)
+    if mode == "reflect" and (ph >= h or pw >= w):
+        mode = "replicate"
+    y = x[None] if x.dim() == 3 else x
+    y = F.pad(y, (0, pw, 0, ph), mode=mode)
+    return (y[0] if x.dim() == 3 else y), (h, w)
+
+
+def unpad(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop the bottom/right padding added by ``pad_to_multiple`` back to ``size`` = (h, w)."""
+    h, w = size
+    if x.shape[-2] < h or x.shape[-1] < w:
+        raise ValueError(f"unpad: tensor {tuple(x.shape)} is smaller than the target size (h={h}, w={w})")
+    return x[..., :h, :w]
+
+
+class SizeGroup(NamedTuple):
+    indices: list[int]   # positions in the input list
+    batch: torch.Tensor  # (len(indices), 3, H, W)
+
+
+def stack_same_size(images: Sequence, max_batch: int | None = None) -> list[SizeGroup]:
+    """Group LoadedImages (or (3, H, W) tensors) of equal size into batches, in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    tensors = [im.rgb if isinstance(im, LoadedImage) else im for im in images]
+    for i, t in enumerate(tensors):
+        groups.setdefault(tuple(t.shape), []).append(i)
+    out = []
+    for idx in groups.values():
+        step = max_batch or len(idx)
+        for s in range(0, len(idx), step):
+            part = idx[s:s + step]
+            out.append(SizeGroup(part, torch.stack([tensors[i] for i in part])))
+    return out
