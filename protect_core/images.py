@@ -53,7 +53,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError, features
 
 from .errors import ImageError
 
@@ -194,8 +194,8 @@ def _pixels(p: Path, im: Image.Image, icc, notes: list[str]):
     if mode.startswith("I;16") or mode == "I":
         a = np.asarray(im)
         if a.min() < 0 or a.max() > 65535:
-            raise _fail(p, f"32-bit integer greyscale (values up to {a.max()}) is not supported",
-                        "Export it as 16-bit PNG or TIFF.")
+            raise _fail(p, f"integer greyscale with values {a.min()}..{a.max()} (outside 0..65535) is not "
+                        "supported", "Export it as 16-bit PNG or TIFF.")
         return a.astype(np.uint16)[..., None], None, icc
     if mode == "CMYK":
         im, icc = _cmyk_to_rgb(im, icc, notes), None
@@ -441,8 +441,6 @@ def save_image(path, rgb01: torch.Tensor, like: LoadedImage | None = None, quali
     if fmt == "JPEG" and alpha is not None:
         notes.append("JPEG cannot store transparency: the alpha channel was dropped; save as .png to keep it")
         alpha = None
-    if grey and fmt == "WEBP":
-        grey = False  # WebP has no greyscale mode; the grey value goes into all three channels
     if bits == 16 and not (fmt == "PNG" or (fmt == "TIFF" and grey and alpha is None)):
         notes.append(f"16-bit precision reduced to 8 bits: {fmt} output here holds 8 bits; save as .png to keep 16")
         bits = 8
@@ -450,16 +448,22 @@ def save_image(path, rgb01: torch.Tensor, like: LoadedImage | None = None, quali
     if fmt in LOSSY_FORMATS and not webp_lossless:
         notes.append(f"{fmt} is lossy: its compression weakens the cloak; save as .png for full protection")
     pixels = _pixel_array(x, grey, bits)
+    if grey and fmt == "WEBP":  # WebP has no greyscale mode: the grey value goes into all three channels
+        pixels, grey = np.repeat(pixels, 3, -1), False
     if alpha is not None:
         pixels = np.concatenate([pixels, _convert_alpha(alpha, bits)[..., None]], -1)
     if icc and (fmt == "BMP" or icc[16:20] != (b"GRAY" if grey else b"RGB ")):
         notes.append("the ICC colour profile was not written (it does not fit this format or colour space)")
         icc = None
-    with _atomic_open(p) as fp:
-        if bits == 16 and fmt == "PNG":
-            _write_png16(fp, pixels, icc, dpi)
-        else:
-            _pil_save(fp, pixels, fmt, icc, dpi, quality, webp_lossless)
+    try:
+        with _atomic_open(p) as fp:
+            if bits == 16 and fmt == "PNG":
+                _write_png16(fp, pixels, icc, dpi)
+            else:
+                _pil_save(fp, pixels, fmt, icc, dpi, quality, webp_lossless)
+    except OSError as e:
+        raise ImageError(f"cannot save image '{p}': {e.strerror or e}; check that the folder can be "
+                         "written to and has free space") from e
     for n in notes:
         log.warning("%s: %s", p, n)
     return notes
@@ -491,7 +495,7 @@ def _pil_save(fp, pixels: np.ndarray, fmt: str, icc, dpi, quality, webp_lossless
         opts.update(quality=quality or 95, subsampling=0)
     elif fmt == "WEBP":
         opts.update(lossless=True) if webp_lossless else opts.update(quality=quality or 95, method=4)
-    elif fmt == "TIFF":
+    elif fmt == "TIFF" and features.check("libtiff"):
         opts.update(compression="tiff_deflate")
     im.save(fp, format=fmt, **opts)
 

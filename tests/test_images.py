@@ -163,6 +163,16 @@ def test_greyscale_stays_greyscale(tmp_path, suffix):
         assert (np.asarray(out) == grey).all()
 
 
+def test_grey_to_webp_is_grey_rgb(tmp_path):
+    Image.fromarray(noisy_rgb(c=1)[..., 0], "L").save(tmp_path / "g.png")
+    img = I.load_image(tmp_path / "g.png")
+    cloaked = (img.rgb + 0.1 * torch.rand(img.rgb.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    I.save_image(tmp_path / "o.webp", cloaked, like=img, quality=100)
+    out = np.asarray(Image.open(tmp_path / "o.webp").convert("RGB"))
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert (out[..., 0] == as_hwc8(cloaked.mean(0, keepdim=True))[..., 0]).all()
+
+
 def test_grey16_pillow_written_round_trips_exactly(tmp_path):
     vals = np.random.default_rng(5).integers(0, 65536, (24, 33), dtype=np.uint16)
     Image.fromarray(vals).save(tmp_path / "g16.png")  # Pillow's encoder: adaptive row filters
@@ -376,6 +386,12 @@ def test_save_rejects_bad_tensors_and_suffixes(tmp_path):
     with pytest.raises(ValueError, match="batch of 2"):
         I.save_image(tmp_path / "o.png", torch.rand(2, 3, 16, 16))
     assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_output_gives_image_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ImageError, match="cannot save image"):
+        I.save_image(tmp_path / "file" / "o.png", torch.rand(3, 16, 16))
 
 
 def test_atomic_write_text_and_bytes(tmp_path):
