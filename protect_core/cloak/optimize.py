@@ -62,9 +62,10 @@ def box_bounds(clean: torch.Tensor, eps: float, channel_tied: bool = False):
 
 def quantize_within(x: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
     """Round to 8-bit levels, stepping one level toward ``clean`` wherever rounding would leave the eps budget."""
-    q = torch.round(x.clamp(0, 1) * 255) / 255
-    over = (q - clean).abs() > eps + _TOL
-    q = torch.where(over, q - torch.sign(q - clean) / 255, q).clamp(0, 1)
+    levels = torch.round(x.clamp(0, 1) * 255)
+    over = (levels / 255 - clean).abs() > eps + _TOL
+    levels = torch.where(over, levels - torch.sign(levels / 255 - clean), levels).clamp(0, 255)
+    q = levels / 255  # exactly what round(q * 255) / 255 gives back
     still = (q - clean).abs() > eps + _TOL       # only when eps < 1/255: keep the clean value there
     return torch.where(still, clean, q)
 

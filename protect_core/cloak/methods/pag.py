@@ -16,7 +16,8 @@ images" to "disrupt the tuning process". Our reading, in two stages, each matchi
 
 This is a faithful reading, not PAG's unpublished code. Our defaults (PAG published none): eps 8/255, 100 steps,
 step 1/255, PGD; options ``pattern_steps`` 30, ``pattern_step`` 0.05 and ``pattern_bound`` 1.0 (scaled-latent
-units, where SD latents have about unit spread), ``t_range`` (default the whole schedule). ``joint``: the pattern is
+units, where SD latents have about unit spread), ``pattern_draws`` 4 (random (t, noise) draws per image and step,
+to steady the ascent), ``t_range`` (default the whole schedule). ``joint``: the pattern is
 learned on the whole set at once. The pattern learning back-propagates through the UNet (to ``P`` only, never to
 weights); the image steps are encoder-only.
 """
@@ -34,13 +35,15 @@ class PAG(CloakMethod):
     summary = "learn a shared latent target pattern that maximises the tuning loss, then pull the latents onto it"
     source = "Tan et al., PAG, ICONIP 2023 (abstract only; our documented reading)"
     defaults = {"eps": 8 / 255, "steps": 100, "step_size": 1 / 255, "optimizer": "pgd",
-                "options": {"pattern_steps": 30, "pattern_step": 0.05, "pattern_bound": 1.0, "t_range": None}}
+                "options": {"pattern_steps": 30, "pattern_step": 0.05, "pattern_bound": 1.0, "pattern_draws": 4,
+                             "t_range": None}}
     joint = True
     uses_unet = True
 
     def prepare(self, host, images, settings, generator):
         opts = settings.options
         bound, step = float(opts["pattern_bound"]), float(opts["pattern_step"])
+        draws = max(1, int(opts.get("pattern_draws", 4)))
         t_range = tuple(opts["t_range"]) if opts.get("t_range") else None
         cond = host.encode_text([settings.prompt])
         with torch.no_grad():
@@ -51,7 +54,8 @@ class PAG(CloakMethod):
         for _ in range(int(opts["pattern_steps"])):
             check()
             pattern.requires_grad_(True)
-            loss = denoising_loss(host, self.clean_latents + pattern, cond, generator, t_range)
+            z = (self.clean_latents + pattern).repeat(draws, 1, 1, 1)  # several (t, noise) draws per image
+            loss = denoising_loss(host, z, cond, generator, t_range)
             (grad,) = torch.autograd.grad(loss, pattern)
             with torch.no_grad():
                 pattern = (pattern + step * grad.sign()).clamp(-bound, bound)
