@@ -1,0 +1,8 @@
+"""Purify block (the attacker's toolbox): IMPRESS, DiffPure, GrIDPure, noisy upscaling and classic filters.
+
+``purify(host, images01, chain, seed, progress)`` runs any chain of registered purifiers as one step; see
+:mod:`protect_core.purify.base` for the contract and :mod:`protect_core.purify.methods` for the purifiers.
+"""
+from .base import Purifier, available_purifiers, describe_purifiers, get_purifier, purify, register
+
+__all__ = ["Purifier", "available_purifiers", "describe_purifiers", "get_purifier", "purify", "register"]

@@ -1,0 +1,165 @@
+"""The contract every purifier implements, the purifier registry, and ``purify`` (run any chain as one step).
+
+A purifier is an attack on a protective cloak: it takes cloaked images ``(B, 3, H, W)`` in ``[0, 1]`` and returns
+images of the same shape and range from which the cloak is (hopefully) gone. Each purifier is one small class in
+``protect_core/purify/methods/`` decorated with :func:`register`; it documents its defaults (``defaults`` and
+``param_doc``) and a one-line ``summary``. Filters (``needs_host = False``) work without a model; the diffusion
+purifiers and IMPRESS borrow the host's model through ``host.borrowed()`` and never change it.
+
+``purify(host, images01, chain, seed, progress)`` runs a chain such as ``[("jpeg", {"quality": 75}),
+("diffpure", {})]`` in order, inside one borrow when any stage needs the model, and returns
+``(images01, info)`` where ``info`` records each stage's resolved parameters, seconds and own numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import pkgutil
+import time
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from ..progress import Progress
+
+
+class Purifier:
+    """Base class of a purifier; subclasses set the class attributes and implement ``run``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""          # one line for --help, listings and node tooltips
+    source: ClassVar[str] = ""           # the paper / tool it follows
+    defaults: ClassVar[dict] = {}        # every parameter with its documented default
+    param_doc: ClassVar[dict] = {}       # parameter -> one-line description
+    needs_host: ClassVar[bool] = False   # True: uses the diffusion model (runs inside host.borrowed())
+
+    def validate(self, params: dict, images: torch.Tensor) -> None:
+        """Raise ValueError naming the parameter when a value cannot work (called before anything runs)."""
+
+    def count_steps(self, params: dict, images: torch.Tensor, host) -> int:
+        """How many ``progress.step()`` calls ``run`` will make (for the progress bar's total)."""
+        return 1
+
+    def run(self, host, images: torch.Tensor, params: dict, generator: torch.Generator,
+            progress: Progress) -> tuple[torch.Tensor, dict]:
+        """Purify ``images`` (B, 3, H, W) in [0, 1]; return (images in [0, 1] of the same shape, info dict)."""
+        raise NotImplementedError
+
+
+PURIFIERS: dict[str, type[Purifier]] = {}
+
+
+def register(cls: type[Purifier]) -> type[Purifier]:
+    if not cls.name or cls.name in PURIFIERS:
+        raise ValueError(f"purifier needs a unique name, got {cls.name!r}")
+    missing = set(cls.defaults) - set(cls.param_doc)
+    if not cls.summary or missing:
+        raise ValueError(f"purifier {cls.name!r} must document a summary and every parameter (missing {missing})")
+    PURIFIERS[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    from . import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        importlib.import_module(f"{methods.__name__}.{info.name}")
+
+
+def available_purifiers() -> dict[str, type[Purifier]]:
+    if not PURIFIERS:
+        _discover()
+    return dict(sorted(PURIFIERS.items()))
+
+
+def get_purifier(name: str) -> Purifier:
+    found = available_purifiers()
+    if name not in found:
+        raise ValueError(f"unknown purifier {name!r}; choose from {', '.join(found)}")
+    return found[name]()
+
+
+def resolve_params(purifier: Purifier, params: dict | None) -> dict:
+    """The purifier's defaults overlaid with ``params``; unknown names are an error naming the valid ones."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(purifier.defaults))
+    if unknown:
+        raise ValueError(f"purifier {purifier.name!r} has no parameter(s) {', '.join(unknown)}; "
+                         f"its parameters are {', '.join(sorted(purifier.defaults)) or '(none)'}")
+    out = dict(purifier.defaults)
+    out.update(params)
+    return out
+
+
+def normalise_chain(chain) -> list[tuple[str, dict]]:
+    """Accept ``"jpeg"``, ``["jpeg", "diffpure"]``, ``[("jpeg", {"quality": 50}), ...]`` or a dict per stage."""
+    if isinstance(chain, str):
+        chain = [chain]
+    out = []
+    for stage in chain:
+        if isinstance(stage, str):
+            out.append((stage, {}))
+        elif isinstance(stage, dict) and "name" in stage:
+            out.append((stage["name"], dict(stage.get("params") or {})))
+        elif isinstance(stage, (tuple, list)) and len(stage) == 2 and isinstance(stage[0], str):
+            out.append((stage[0], dict(stage[1] or {})))
+        else:
+            raise ValueError(f"purify chain: cannot read stage {stage!r}; use a name or (name, params)")
+    if not out:
+        raise ValueError("purify chain is empty; name at least one purifier")
+    return out
+
+
+def check_images(images01) -> torch.Tensor:
+    """Validate a (B, 3, H, W) float batch in [0, 1]; returns it (a (3, H, W) image gains a batch axis)."""
+    from ..images import validate_tensor
+
+    validate_tensor(images01, "images to purify")
+    return images01[None] if images01.dim() == 3 else images01
+
+
+def purify(host, images01: torch.Tensor, chain, seed: int = 0,
+           progress: Progress | None = None) -> tuple[torch.Tensor, dict]:
+    """Run ``chain`` on ``images01`` (B, 3, H, W) in [0, 1] as one step; returns (images01, info).
+
+    ``host`` may be None when every stage is a filter. Stage ``k`` draws its randomness from a generator seeded
+    with ``seed + k``, so the same seed gives the same output. Cancellation (``progress`` with a CancelToken)
+    raises :class:`~protect_core.errors.Cancelled`; the host's model is left untouched either way.
+    """
+    x = check_images(images01)
+    stages = [(get_purifier(name), params) for name, params in normalise_chain(chain)]
+    resolved = [(p, resolve_params(p, params)) for p, params in stages]
+    for p, params in resolved:
+        p.validate(params, x)
+    uses_host = any(p.needs_host for p, _ in resolved)
+    if uses_host and host is None:
+        names = [p.name for p, _ in resolved if p.needs_host]
+        raise ValueError(f"purifier(s) {', '.join(names)} need a diffusion model (host), but none was given")
+    progress = progress if progress is not None else Progress()
+    device, dtype = x.device, x.dtype
+    t_all = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    borrow = host.borrowed() if uses_host else contextlib.nullcontext()
+    with borrow:
+        progress.add_total(sum(p.count_steps(params, x, host) for p, params in resolved))
+        out = x.detach().float()
+        for k, (p, params) in enumerate(resolved):
+            progress.check()
+            t0 = time.perf_counter()
+            g = torch.Generator().manual_seed(int(seed) + k)
+            out, info = p.run(host if p.needs_host else None, out, params, g, progress)
+            out = out.detach().float().clamp(0, 1).to(device)
+            records.append({"name": p.name, "params": dict(params),
+                            "seconds": round(time.perf_counter() - t0, 4), **(info or {})})
+    return out.to(dtype), {"chain": records, "seed": int(seed), "seconds": round(time.perf_counter() - t_all, 4)}
+
+
+def describe_purifiers(names: Sequence[str] | None = None) -> list[dict]:
+    """Name, summary, source, needs_host and documented defaults of each purifier (for listings and README)."""
+    found = available_purifiers()
+    rows = []
+    for name in names or found:
+        cls = found[name]
+        rows.append({"name": name, "summary": cls.summary, "source": cls.source, "needs_host": cls.needs_host,
+                     "defaults": dict(cls.defaults), "params": dict(cls.param_doc)})
+    return rows

@@ -1,0 +1,105 @@
+"""IMPRESS (Cao et al. 2023): purify by making the image consistent under the model's own VAE.
+
+A cloak makes ``D(E(x))`` visibly differ from ``x`` (the autoencoder cannot reproduce the perturbation). IMPRESS
+searches, starting from the protected image, for an image the VAE reproduces well while staying perceptually
+close to the protected one::
+
+    minimise  ||D(E(x)) - x||^2  +  alpha * max(perceptual(x, x_protected) - eps, 0)
+
+(mean squared error in the VAE's [-1, 1] space, per image) with Adam, a cosine-decayed learning rate and a clamp to
+[0, 1] after every step. Gradients go through ``host.encode``/``host.decode`` inside ``host.borrowed()``. The
+perceptual distance is :func:`protect_core.metrics.perceptual_distance` (offline DSSIM pyramid by default, LPIPS
+when its weights are already on the machine).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...images import pad_to_multiple, unpad
+from ...metrics import perceptual_distance
+from ..base import Purifier, register
+
+
+def consistency_loss(host, x01: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of (D(E(x)) - x)^2 in [-1, 1] units; differentiable in ``x01``. Odd sizes are padded
+    (reflect) for the VAE and the reconstruction is cropped back."""
+    xp, size = pad_to_multiple(x01, host.vae_scale_factor)
+    xm = xp.to(host.device) * 2 - 1
+    rec = host.decode(host.encode(xm))
+    return (unpad(rec, size) - unpad(xm, size)).pow(2).flatten(1).mean(1)
+
+
+def impress_objective(host, x01, protected01, alpha: float, eps: float, kind: str = "auto"):
+    """(total, consistency, perceptual) per image, as minimised by IMPRESS."""
+    cons = consistency_loss(host, x01)
+    perc = perceptual_distance(x01, protected01, kind=kind).to(cons.device)
+    return cons + alpha * (perc - eps).clamp(min=0), cons, perc
+
+
+def cosine_lr(lr: float, step: int, total: int) -> float:
+    """Cosine decay from ``lr`` (step 0) to 0 (after the last step)."""
+    return lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+
+
+@register
+class Impress(Purifier):
+    name = "impress"
+    summary = "optimise the image until the VAE reproduces it, within a perceptual hinge of the protected image"
+    source = "Cao et al. 2023, IMPRESS (Glaze-run defaults: eps 0.1, lr 0.01, 3000 it, alpha 0.1)"
+    needs_host = True
+    defaults = {"iterations": 3000, "lr": 0.01, "alpha": 0.1, "eps": 0.1, "start_noise": 0.0,
+                "perceptual": "auto"}
+    param_doc = {"iterations": "Adam steps (the paper's 3000; fewer still helps)",
+                 "lr": "Adam learning rate at step 0, cosine-decayed to 0",
+                 "alpha": "weight of the perceptual hinge",
+                 "eps": "perceptual distance allowed for free (hinge threshold)",
+                 "start_noise": "std of Gaussian noise added to the start image ([0, 1] units; paper's Glaze run 0.1)",
+                 "perceptual": "perceptual distance: auto (LPIPS if local, else DSSIM pyramid), dssim, lpips"}
+
+    def validate(self, params, images):
+        it = params["iterations"]
+        if not isinstance(it, int) or it < 0:
+            raise ValueError(f"impress: iterations must be an int >= 0, got {it!r}")
+        for key in ("lr", "alpha", "eps", "start_noise"):
+            v = params[key]
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"impress: {key} must be a number >= 0, got {v!r}")
+        if params["perceptual"] not in ("auto", "dssim", "lpips"):
+            raise ValueError(f"impress: perceptual must be auto, dssim or lpips, got {params['perceptual']!r}")
+
+    def count_steps(self, params, images, host):
+        return params["iterations"]
+
+    def run(self, host, images, params, generator, progress):
+        alpha, eps, kind = float(params["alpha"]), float(params["eps"]), params["perceptual"]
+        total = int(params["iterations"])
+        protected = images.detach().float().to(host.device)
+        with torch.no_grad():
+            start, cons0, _ = impress_objective(host, protected, protected, alpha, eps, kind)
+        x = protected.clone()
+        if params["start_noise"] > 0:
+            noise = torch.randn(x.shape, generator=generator).to(x)
+            x = (x + float(params["start_noise"]) * noise).clamp(0, 1)
+        x.requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=float(params["lr"]))
+        for step in range(total):
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(float(params["lr"]), step, total)
+            opt.zero_grad(set_to_none=True)
+            obj, _, _ = impress_objective(host, x, protected, alpha, eps, kind)
+            obj.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                x.clamp_(0, 1)
+            progress.step(loss=float(obj.mean()))
+        x = x.detach()
+        with torch.no_grad():
+            end, cons1, perc1 = impress_objective(host, x, protected, alpha, eps, kind)
+        info = {"objective_start": [round(float(v), 6) for v in start],
+                "objective_end": [round(float(v), 6) for v in end],
+                "consistency_start": [round(float(v), 6) for v in cons0],
+                "consistency_end": [round(float(v), 6) for v in cons1],
+                "perceptual_end": [round(float(v), 6) for v in perc1]}
+        return x, info
