@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 from protect_core import images as I
+from protect_core import png16
 from protect_core.errors import ImageError
 
 
@@ -209,10 +210,10 @@ def test_unfilter_matches_pillow_on_adaptively_filtered_png(tmp_path):
     src = ((grad + noisy_rgb(48, 64, seed=6) // 8) % 256).astype(np.uint8)
     Image.fromarray(src).save(tmp_path / "a.png")
     data = (tmp_path / "a.png").read_bytes()
-    raw = zlib.decompress(b"".join(p for t, p in I._png_chunks(data) if t == b"IDAT"))
+    raw = zlib.decompress(b"".join(p for t, p in png16._png_chunks(data) if t == b"IDAT"))
     rows = np.frombuffer(raw, np.uint8).reshape(48, 1 + 64 * 3)
     assert len(set(rows[:, 0].tolist())) > 1  # Pillow chose several filter types
-    assert (I._unfilter(rows, 64, 3) == src).all()
+    assert (png16._unfilter(rows, 64, 3) == src).all()
 
 
 def test_16_bit_into_8_bit_format_warns(tmp_path):
