@@ -1,0 +1,112 @@
+"""The attacker's fine-tune: LoRA or DreamBooth-on-a-subset over private adapter weights, with prior preservation.
+
+The host's weights are never touched: the adapter (:mod:`protect_core.lora`) owns float32 tensors and the UNet sees
+them through ``weight_overrides``. One fine-tune = the standard denoising loss on the training images with the
+rare-token instance prompt (plus, optionally, the same loss on base-model images of the class prompt, weighted by
+``prior_weight``), minimised with AdamW. Everything random (batches, noise, timesteps, adapter init) comes from the
+settings' seed, so every training set of one test sees the same randomness.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion import denoising_loss
+from ..lora import LoRA, WeightCopies, attention_targets
+from ..progress import Progress
+from ..sampling import txt2img
+from .settings import MimicrySettings
+
+
+@dataclass
+class FinetuneResult:
+    overrides: dict[str, torch.Tensor]     # detached weight overrides of the fine-tuned model
+    losses: list[float]                    # training loss per step
+    trainable_parameters: int
+    adapter: dict                          # adapter config (kind, rank, targets ...)
+
+
+def select_targets(host, settings: MimicrySettings) -> list[str]:
+    """UNet weight names the fine-tune adapts (LoRA targets, or the DreamBooth subset)."""
+    if settings.method == "dreambooth" and settings.dreambooth_params:
+        names = host.unet_parameter_names()
+        picked = [n for n in names if any(n == p or n.startswith(p.rstrip(".") + ".") or p in ("*", "unet")
+                                          for p in settings.dreambooth_params)]
+        if not picked:
+            raise ValueError(f"dreambooth_params {settings.dreambooth_params[:3]} match no UNet weight")
+        return [n for n in picked if host.unet_parameters()[n].is_floating_point()]
+    return attention_targets(host, settings.layers, self_attention=settings.self_attention)
+
+
+def make_adapter(host, settings: MimicrySettings):
+    targets = select_targets(host, settings)
+    if settings.method == "lora":
+        return LoRA(host, targets, rank=settings.rank, alpha=settings.alpha, seed=settings.seed)
+    return WeightCopies(host, targets)
+
+
+def prior_images(host, settings: MimicrySettings, progress: Progress | None = None) -> torch.Tensor:
+    """Class images from the *base* model for prior preservation, in [0, 1] (fixed seeds)."""
+    out = []
+    n, size = settings.prior_images, settings.resolution
+    for i in range(0, n, settings.sample_batch):
+        k = min(settings.sample_batch, n - i)
+        out.append(txt2img(host, [settings.class_prompt] * k, height=size, width=size,
+                           steps=settings.sample_steps, guidance=settings.guidance,
+                           negative=settings.negative_prompt, seed=settings.seed + 50_000 + i, progress=progress))
+    return torch.cat(out)
+
+
+def _posterior(host, images01: torch.Tensor, batch: int):
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, images01.shape[0], batch):
+            m, logvar = host.posterior(images01[i:i + batch].to(host.device) * 2 - 1)
+            means.append(m)
+            stds.append(torch.exp(0.5 * logvar))
+    return torch.cat(means), torch.cat(stds)
+
+
+def _latents(host, mean, std, idx, g):
+    """Sampled scaled latents of the images ``idx`` (DreamBooth samples the VAE posterior each step)."""
+    noise = torch.randn(mean[idx].shape, generator=g).to(mean)
+    return (mean[idx] + std[idx] * noise - host.latent_shift) * host.latent_scale
+
+
+def finetune(host, images01: torch.Tensor, settings: MimicrySettings, progress: Progress | None = None,
+             class_images01: torch.Tensor | None = None) -> FinetuneResult:
+    """Fine-tune a private adapter on ``images01`` (B, 3, S, S) in [0, 1]. Call inside ``host.borrowed()``."""
+    adapter = make_adapter(host, settings)
+    g = torch.Generator().manual_seed(settings.seed + 1)
+    mean, std = _posterior(host, images01, settings.batch_size)
+    cond = host.encode_text([settings.instance_prompt])
+    prior = None
+    if settings.prior_preservation:
+        if class_images01 is None:
+            raise ValueError("prior preservation needs class images")
+        prior = (*_posterior(host, class_images01, settings.batch_size), host.encode_text([settings.class_prompt]))
+    params = adapter.parameters()
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=settings.resolved_lr(), weight_decay=0.0)
+    n, bs = mean.shape[0], min(settings.batch_size, mean.shape[0])
+    losses: list[float] = []
+    for _ in range(settings.steps):
+        idx = torch.randperm(n, generator=g)[:bs]
+        loss = denoising_loss(host, _latents(host, mean, std, idx, g), cond, generator=g,
+                              weight_overrides=adapter.overrides())
+        if prior is not None:
+            pm, ps, pcond = prior
+            pidx = torch.randperm(pm.shape[0], generator=g)[:bs]
+            loss = loss + settings.prior_weight * denoising_loss(
+                host, _latents(host, pm, ps, pidx, g), pcond, generator=g, weight_overrides=adapter.overrides())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress.step(loss=losses[-1])
+    with torch.no_grad():
+        overrides = {k: v.detach().clone() for k, v in adapter.overrides().items()}
+    return FinetuneResult(overrides, losses, adapter.num_parameters(), adapter.config())

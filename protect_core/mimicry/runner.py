@@ -1,0 +1,209 @@
+"""``run_mimicry_test``: fine-tune per training set, generate with fixed prompts and seeds, score against clean art.
+
+Conditions, side by side in one run: ``base`` (no fine-tune), ``clean`` (fine-tuned on the artist's clean images)
+and one per named training set (cloaked, purified cloaked, ...). Every fine-tune starts from the same host weights
+with the same seed, and every condition generates from the same prompts and noise seeds, so the only difference
+between conditions is the training data. The host is borrowed for the whole run and comes back unchanged, also on
+failure or cancellation (nothing is written by this function; :meth:`MimicryReport.save` writes the card).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping
+
+import torch
+
+from ..progress import Progress
+from ..sampling import txt2img
+from . import scoring
+from .finetune import finetune, prior_images, select_targets
+from .report import MimicryReport
+from .settings import MimicrySettings
+from .style import DescriptorEmbedder, StyleEmbedder, stack_images
+
+RESERVED = ("base", "clean")
+
+
+def _chunks(settings: MimicrySettings, n: int) -> list[tuple[int, int]]:
+    return [(i, min(settings.sample_batch, n - i)) for i in range(0, n, settings.sample_batch)]
+
+
+def generate(host, settings: MimicrySettings, overrides=None, progress: Progress | None = None,
+             n: int | None = None, seed_offset: int = 0) -> torch.Tensor:
+    """``n`` (default ``settings.samples``) images in [0, 1] on the CPU; prompt i = prompts[i % len(prompts)]."""
+    n = settings.samples if n is None else n
+    size, out = settings.resolution, []
+    for start, k in _chunks(settings, n):
+        prompts = [settings.prompts[(start + j) % len(settings.prompts)] for j in range(k)]
+        out.append(txt2img(host, prompts, height=size, width=size, steps=settings.sample_steps,
+                           guidance=settings.guidance, negative=settings.negative_prompt,
+                           seed=settings.seed + seed_offset + start, weight_overrides=overrides,
+                           progress=progress).cpu())
+    return torch.cat(out)
+
+
+def _as_list(images) -> list[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        return list(images) if images.ndim == 4 else [images]
+    return [getattr(im, "rgb", im) for im in images]
+
+
+def _pair_metrics(clean, other) -> dict:
+    """Imperceptibility of a training set vs the clean originals, paired by position (same count required)."""
+    a, b = _as_list(clean), _as_list(other)
+    if len(a) != len(b):
+        return {"paired": False, "reason": f"{len(b)} images vs {len(a)} clean ones; pairs need the same count"}
+    rows, resized = [], 0
+    for x, y in zip(a, b):
+        x, y = x[:3].unsqueeze(0).float().cpu(), y[:3].unsqueeze(0).float().cpu()
+        if x.shape != y.shape:
+            y = torch.nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            resized += 1
+        rows.append((x, y))
+    per = [scoring.imperceptibility(x, y) for x, y in rows]
+    keys = [k for k in per[0] if isinstance(per[0][k], dict)]
+    out = {"paired": True, "resized": resized, "pairs": len(per)}
+    for k in keys:
+        out[k] = scoring.summary(torch.tensor([p[k]["mean"] for p in per]))
+    return out
+
+
+def _check_sets(train_sets: Mapping, references: Mapping | None) -> None:
+    for name in train_sets:
+        if not name or name in RESERVED:
+            raise ValueError(f"training set name {name!r} is reserved or empty; {RESERVED} name the built-in "
+                             "conditions")
+    if references is not None:
+        if "artist" in references or not references:
+            raise ValueError("other reference sets must be a non-empty mapping without the name 'artist'")
+
+
+def _total_steps(settings: MimicrySettings, n_train: int, own_refs: bool) -> int:
+    per_gen = lambda n: settings.sample_steps * len(_chunks(settings, n))  # noqa: E731
+    total = settings.steps * (1 + n_train) + per_gen(settings.samples) * (2 + n_train)
+    if own_refs:
+        total += per_gen(settings.reference_samples)
+    if settings.prior_preservation:
+        total += per_gen(settings.prior_images)
+    return total
+
+
+def run_mimicry_test(host, clean_images, train_sets: Mapping[str, object],
+                     settings: MimicrySettings | None = None, progress: Progress | None = None, *,
+                     references: Mapping[str, object] | None = None, embedder: StyleEmbedder | None = None,
+                     classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     classifier_artist_index: int | None = None) -> MimicryReport:
+    """Run the whole mimicry test (see module doc) and return its report (nothing is written to disk).
+
+    ``clean_images`` / each training set / each reference set: a (B, 3, H, W) tensor in [0, 1], or a list of
+    (3, H, W) tensors or loaded images (``.rgb``). ``references``: other styles for the nearest-centroid attribution
+    (default: base-model generations with unused seeds). ``classifier``: optional ``probs(images01) -> (B, K)``
+    with ``classifier_artist_index`` the artist's class.
+    """
+    settings = (settings or MimicrySettings()).validate(host.vae_scale_factor)
+    train_sets = dict(train_sets)
+    _check_sets(train_sets, references)
+    if classifier is not None and classifier_artist_index is None:
+        raise ValueError("a classifier needs classifier_artist_index (the artist's class)")
+    size = settings.resolution
+    clean = stack_images(clean_images, size)
+    train = {name: stack_images(imgs, size) for name, imgs in train_sets.items()}
+    refs = None if references is None else {n: stack_images(v, size) for n, v in references.items()}
+    progress = progress or Progress()
+    progress.add_total(_total_steps(settings, len(train), refs is None))
+    progress.check()
+
+    images, conditions, t_start = {}, {}, time.perf_counter()
+    with host.borrowed():
+        select_targets(host, settings)  # a bad layer selection fails now, not after the first generations
+        t0 = time.perf_counter()
+        images["base"] = generate(host, settings, None, progress)
+        conditions["base"] = {"trained_on": None, "sampling_s_per_image": _per(t0, settings.samples)}
+        if refs is None:
+            refs = {"base_model": generate(host, settings, None, progress, n=settings.reference_samples,
+                                           seed_offset=10_000)}
+        class_images = prior_images(host, settings, progress) if settings.prior_preservation else None
+        for name, data in [("clean", clean), *train.items()]:
+            t0 = time.perf_counter()
+            result = finetune(host, data, settings, progress, class_images)
+            t1 = time.perf_counter()
+            images[name] = generate(host, settings, result.overrides, progress)
+            del result.overrides
+            conditions[name] = {
+                "trained_on": len(data), "final_loss": _tail_mean(result.losses),
+                "first_loss": _head_mean(result.losses), "loss_curve": _curve(result.losses),
+                "trainable_parameters": result.trainable_parameters, "finetune_s": round(t1 - t0, 3),
+                "finetune_steps_per_s": round(settings.steps / max(t1 - t0, 1e-9), 3),
+                "sampling_s_per_image": _per(t1, settings.samples)}
+
+        embedder = embedder or DescriptorEmbedder(host, seed=settings.seed)
+        embedder.fit(torch.cat([clean, *refs.values()]))
+        ref_emb = {"artist": embedder.embed(clean), **{n: embedder.embed(v) for n, v in refs.items()}}
+        gen_emb = {name: embedder.embed(imgs) for name, imgs in images.items()}
+    nc = scoring.NearestCentroid(ref_emb, "artist")
+    centre = scoring.centroid(ref_emb["artist"])
+    sims = {}
+    for name, imgs in images.items():
+        emb = gen_emb[name]
+        sims[name] = scoring.similarity_to(emb, centre)
+        row = conditions[name]
+        row["style_similarity"] = scoring.summary(sims[name])
+        row["nearest_centroid"] = scoring.attribution_scores(nc, emb)
+        if classifier is not None:
+            row["classifier"] = scoring.classifier_scores(classifier, imgs, classifier_artist_index)
+    for name, data in train_sets.items():
+        conditions[name]["imperceptibility"] = _pair_metrics(clean_images, data)
+    sanity = scoring.sanity_check(sims["base"], sims["clean"], settings.sanity_margin)
+    _verdicts(conditions, sanity)
+    return MimicryReport(
+        settings=settings.to_dict(), model=host.describe(), embedder=getattr(embedder, "name", "custom"),
+        references={"artist": len(clean), **{n: len(v) for n, v in refs.items()},
+                    "nearest_centroid_reference_accuracy": round(nc.training_accuracy(ref_emb), 6)},
+        conditions=conditions, sanity=sanity, verdict=_overall(conditions, sanity),
+        seconds=round(time.perf_counter() - t_start, 3), images=images, clean_preview=clean)
+
+
+def _per(t0: float, n: int) -> float:
+    return round((time.perf_counter() - t0) / max(n, 1), 4)
+
+
+def _head_mean(losses):
+    return round(sum(losses[:10]) / len(losses[:10]), 6) if losses else None
+
+
+def _tail_mean(losses):
+    return round(sum(losses[-10:]) / len(losses[-10:]), 6) if losses else None
+
+
+def _curve(losses, points: int = 20) -> list[float]:
+    if not losses:
+        return []
+    step = max(1, len(losses) // points)
+    return [round(sum(losses[i:i + step]) / len(losses[i:i + step]), 6) for i in range(0, len(losses), step)]
+
+
+def _verdicts(conditions: dict, sanity: dict) -> None:
+    base = conditions["base"]["style_similarity"]["mean"]
+    clean = conditions["clean"]["style_similarity"]["mean"]
+    conditions["base"]["verdict"] = "reference: the model before any fine-tune"
+    conditions["clean"]["verdict"] = sanity["message"]
+    for name, row in conditions.items():
+        if name in RESERVED:
+            continue
+        effect = scoring.protection_effect(row["style_similarity"]["mean"], clean, base)
+        row["protection_effect"] = effect
+        if not sanity["passed"] or effect is None:
+            row["verdict"] = scoring.INCONCLUSIVE
+        elif effect >= 0.5:
+            row["verdict"] = "protected: the fine-tune learned at most half of the style it learns from clean art"
+        elif effect >= 0.2:
+            row["verdict"] = "partly protected: style learning reduced by 20-50% vs clean art"
+        else:
+            row["verdict"] = "not protected: mimicry about as good as on clean art"
+
+
+def _overall(conditions: dict, sanity: dict) -> str:
+    if not sanity["passed"]:
+        return scoring.INCONCLUSIVE
+    parts = [f"{n}: {r['verdict'].split(':')[0]}" for n, r in conditions.items() if n not in RESERVED]
+    return "; ".join(parts) if parts else "the fine-tune learned the style (no protected sets given)"
