@@ -72,7 +72,7 @@ def quantize_within(x: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.T
 
 @torch.no_grad()
 def finalize(clean: torch.Tensor, delta: torch.Tensor, eps: float, budget: float | None = None,
-             kind: str = "auto", iters: int = 14):
+             kind: str = "auto", iters: int = 10):
     """Quantised ``clean + s*delta`` with per-image ``s`` in [0, 1]: s = 1 unless the perceptual budget is exceeded,
     then the largest s found by bisection whose *quantised* result meets it. Returns (cloaked, distances or None)."""
     x = quantize_within(clean + delta, clean, eps)
