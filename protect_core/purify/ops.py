@@ -77,18 +77,44 @@ def add_gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator
     return (x + sigma * noise).clamp(0, 1)
 
 
+def _box_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) weights of a box-filter resample (Pillow's BOX): each output pixel averages the input pixels
+    whose centres fall inside its footprint (one input pixel when upscaling)."""
+    scale = n_in / n_out
+    fs = max(scale, 1.0)
+    support = 0.5 * fs
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
+        for j in range(lo, hi):
+            u = (j + 0.5 - center) / fs
+            if -0.5 < u <= 0.5:
+                w[i, j] = 1.0
+        if w[i].sum() == 0:
+            w[i, min(max(lo, 0), n_in - 1)] = 1.0
+    return w / w.sum(1, keepdim=True)
+
+
+def _nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each output pixel: the input pixel under the output pixel's centre (Pillow's NEAREST)."""
+    idx = torch.floor((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out)).long()
+    return idx.clamp(0, n_in - 1)
+
+
 def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    (h, w), (oh, ow) = x.shape[-2:], size
     if mode == "nearest":
-        return F.interpolate(x, size=size, mode="nearest-exact")
+        return x[..., _nearest_index(h, oh).to(x.device), :][..., _nearest_index(w, ow).to(x.device)]
     if mode == "area":
-        return F.interpolate(x, size=size, mode="area") if size[0] <= x.shape[-2] else \
-            F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        wh, ww = _box_weights(h, oh).to(x.device, x.dtype), _box_weights(w, ow).to(x.device, x.dtype)
+        return torch.einsum("oh,bchw,pw->bcop", wh, x, ww)
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize to ``size`` = (h, w). Downscaling antialiases like Pillow (``bilinear``/``bicubic`` match
-    ``PIL.Image.resize`` with the same filter; ``area`` is a box filter; ``nearest`` is Pillow's nearest)."""
+    """Resize to ``size`` = (h, w) like ``PIL.Image.resize`` (float images): ``bilinear``/``bicubic`` antialias
+    when downscaling (torch's antialiased kernels), ``area`` is Pillow's BOX, ``nearest`` its NEAREST."""
     if mode not in INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {mode!r}; choose from {', '.join(INTERPOLATIONS)}")
     if tuple(size) == tuple(x.shape[-2:]):
@@ -130,18 +156,33 @@ def bilateral_filter(x: torch.Tensor, diameter: int = 5, sigma_color: float = 8 
 
 
 def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean over the (2r+1)^2 window around each pixel, counting only pixels inside the image."""
+    """Mean over the (2r+1)^2 window around each pixel (any leading dims), counting only pixels inside the image."""
     if r < 1:
         return x
-    return F.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    flat = x.reshape(-1, 1, *x.shape[-2:]) if x.dim() != 4 else x
+    out = F.avg_pool2d(flat, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    return out.reshape(x.shape)
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int = 4, eps: float = 16 / 255 ** 2) -> torch.Tensor:
-    """He et al.'s guided filter, channel by channel: output = mean(a) * guide + mean(b), locally linear in the
-    guide, following ``src`` where the guide is flat (regulariser ``eps`` in squared [0, 1] units)."""
-    mi, mp = box_mean(guide, radius), box_mean(src, radius)
-    var = box_mean(guide * guide, radius) - mi * mi
-    cov = box_mean(guide * src, radius) - mi * mp
-    a = cov / (var + eps)
-    b = mp - a * mi
-    return box_mean(a, radius) * guide + box_mean(b, radius)
+    """He et al.'s guided filter: output = mean(a) * guide + mean(b), locally linear in the guide and following
+    ``src`` where the guide is flat (regulariser ``eps`` in squared [0, 1] units). A 3-channel guide uses the colour
+    version (3x3 guide covariance per pixel); a 1-channel guide, or ``guide.shape[1] != 3``, is applied channel by
+    channel."""
+    if guide.shape[1] != 3:
+        mi, mp = box_mean(guide, radius), box_mean(src, radius)
+        a = (box_mean(guide * src, radius) - mi * mp) / (box_mean(guide * guide, radius) - mi * mi + eps)
+        b = mp - a * mi
+        return box_mean(a, radius) * guide + box_mean(b, radius)
+    g, p = guide.double(), src.double()
+    mi, mp = box_mean(g, radius), box_mean(p, radius)                           # (B,3,H,W), (B,C,H,W)
+    cov_ip = box_mean(p[:, :, None] * g[:, None], radius) - mp[:, :, None] * mi[:, None]   # (B,C,3,H,W)
+    sigma = box_mean(g[:, :, None] * g[:, None], radius) - mi[:, :, None] * mi[:, None]    # (B,3,3,H,W)
+    sigma = sigma + eps * torch.eye(3, dtype=g.dtype, device=g.device)[None, :, :, None, None]
+    a = torch.linalg.solve(sigma.permute(0, 3, 4, 1, 2)[:, None],               # (B,1,H,W,3,3)
+                           cov_ip.permute(0, 1, 3, 4, 2)[..., None])[..., 0]    # -> (B,C,H,W,3)
+    a = a.permute(0, 1, 4, 2, 3)                                                # (B,C,3,H,W)
+    b = mp - (a * mi[:, None]).sum(2)
+    mean_a = box_mean(a, radius)
+    out = (mean_a * g[:, None]).sum(2) + box_mean(b, radius)
+    return out.to(src.dtype)

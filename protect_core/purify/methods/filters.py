@@ -101,14 +101,16 @@ class BilateralGuided(Purifier):
     summary = "AdverseCleaner-like: many bilateral-filter passes, then guided filters steered by the input"
     source = "AdverseCleaner (lllyasviel): 64 bilateral passes then a guided filter; reimplemented in torch"
     defaults = {"passes": 64, "diameter": 5, "sigma_color": 8.0, "sigma_space": 8.0,
-                "guided_radius": 4, "guided_eps": 16.0, "guided_passes": 4}
+                "guided_radius": 4, "guided_eps": 16.0, "guided_passes": 4, "guide": "input"}
     param_doc = {"passes": "number of bilateral-filter passes",
                  "diameter": "bilateral window diameter in pixels (disc)",
                  "sigma_color": "bilateral colour sigma in 0..255 units (L1 colour distance)",
                  "sigma_space": "bilateral spatial sigma in pixels",
                  "guided_radius": "guided-filter box radius in pixels",
                  "guided_eps": "guided-filter regulariser in (0..255)^2 units",
-                 "guided_passes": "guided-filter passes (guide = the input image, source = the filtered one)"}
+                 "guided_passes": "guided-filter passes",
+                 "guide": "input: guide = the input, source = the filtered image (AdverseCleaner); filtered: the "
+                          "reverse (keeps more of the bilateral smoothing)"}
 
     def validate(self, params, images):
         for key in ("passes", "diameter", "guided_radius", "guided_passes"):
@@ -117,6 +119,8 @@ class BilateralGuided(Purifier):
         for key in ("sigma_color", "sigma_space", "guided_eps"):
             v = params[key]
             _check(isinstance(v, (int, float)) and v > 0, f"bilateral_guided: {key} must be > 0, got {v!r}")
+        _check(params["guide"] in ("input", "filtered"),
+               f"bilateral_guided: guide must be input or filtered, got {params['guide']!r}")
 
     def count_steps(self, params, images, host):
         return params["passes"] + params["guided_passes"]
@@ -126,7 +130,12 @@ class BilateralGuided(Purifier):
         for _ in range(params["passes"]):
             y = ops.bilateral_filter(y, params["diameter"], params["sigma_color"] / 255, params["sigma_space"])
             progress.step()
+        smooth, x = y, images.float()
         for _ in range(params["guided_passes"]):
-            y = ops.guided_filter(images.float(), y, params["guided_radius"], params["guided_eps"] / 255 ** 2)
+            if params["guide"] == "input":
+                y = ops.guided_filter(x, y, params["guided_radius"], params["guided_eps"] / 255 ** 2)
+            else:
+                x = ops.guided_filter(smooth, x, params["guided_radius"], params["guided_eps"] / 255 ** 2)
+                y = x
             progress.step()
         return y.clamp(0, 1), {}
