@@ -292,7 +292,9 @@ def ldm_to_modules(read: Callable[[str], torch.Tensor], bundle: dict, layout: st
             if tuple(t.shape) != tuple(meta[name].shape):
                 raise ValueError(f"{ldm} has shape {tuple(cache[ldm].shape)}, which does not fit {comp}.{name} "
                                  f"{tuple(meta[name].shape)} of the expected architecture")
-            sd[name] = t.to(dtype).contiguous()
+            # a fresh, aligned copy: tensors read from a file can sit at odd addresses, which changes the
+            # float summation order of some CPU kernels
+            sd[name] = t.to(dtype, copy=True, memory_format=torch.contiguous_format)
         module.load_state_dict(sd, strict=True, assign=True)
         fix_buffers(module)
         module.eval().requires_grad_(False)
@@ -300,12 +302,13 @@ def ldm_to_modules(read: Callable[[str], torch.Tensor], bundle: dict, layout: st
 
 
 def save_single_file(pipe, path, layout: str | None = None, dtype: torch.dtype | None = None,
-                     family: str | None = None) -> Path:
+                     family: str | None = None, embed_configs: bool = True) -> Path:
     """Write ``pipe`` as one ldm-layout ``.safetensors`` file (readable by ComfyUI, A1111 and diffusers).
 
     The diffusers configs go into the file's metadata (``stylecloak.configs``), so StyleCloak reloads non-standard
     architectures (the tiny models) exactly; other tools ignore it. ``family`` names the model in host summaries
-    (default: ``sd15``/``sd2``/``sdxl`` for standard text widths, else ``custom``).
+    (default: ``sd15``/``sd2``/``sdxl`` for standard text widths, else ``custom``). ``embed_configs=False`` writes a
+    file exactly like a third-party one (StyleCloak then reads it with the shipped configs).
     """
     from safetensors.torch import save_file
 
@@ -318,7 +321,10 @@ def save_single_file(pipe, path, layout: str | None = None, dtype: torch.dtype |
     bundle["layout"] = layout
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "stylecloak.configs": json.dumps(bundle)})
+    metadata = {"format": "pt"}
+    if embed_configs:
+        metadata["stylecloak.configs"] = json.dumps(bundle)
+    save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
 

@@ -1,11 +1,33 @@
 """Turning a user's ``--model`` into a :class:`~protect_core.host.HostModel`, fully offline.
 
-Accepted: nothing (the embedded default model), a tiny flavour name (``tiny``, ``tiny-v``, ``tiny-xl``), or a
-diffusers pipeline folder (``model_index.json`` inside). Nothing is ever fetched from a hub.
+Accepted specs (nothing is ever fetched from a hub):
+
+* ``None`` / ``tiny`` / ``tiny-v`` / ``tiny-xl``: the seeded tiny test models (``None`` = the embedded default);
+* ``sd15-random`` / ``sd2-random`` / ``sd2-v-random`` / ``sdxl-random``: full-size architectures with random weights
+  (performance work only, see :mod:`protect_core.random_models`);
+* a diffusers pipeline folder (``model_index.json`` inside);
+* a single-file ``.safetensors`` checkpoint (SD 1.x, SD 2.x or SDXL in the original ldm layout). The family is read
+  from the tensor names; configs come from ``protect_core/configs`` (or from the file's own metadata when StyleCloak
+  wrote it). SD 2.x 512-base (epsilon) and 768-v (v-prediction) files cannot be told apart by their tensors: pass
+  ``prediction_type=``; otherwise a ``v_pred`` marker tensor, then the file name (``768``/``v``/``vpred`` ->
+  v-prediction, ``512``/``base`` -> epsilon) decide, and plain SD 2.x defaults to v-prediction (SD 2.x 768 models
+  are the common ones);
+* pickle checkpoints (``.ckpt .pt .pth .bin``) only with ``allow_pickle=True``, and then only through
+  ``torch.load(weights_only=True)``.
+
+Tokenizer: a real checkpoint needs the CLIP BPE vocabulary. It is taken from ``tokenizer=DIR``, else
+``$STYLECLOAK_TOKENIZER``, else a ComfyUI checkout (``comfy/sd1_tokenizer``), else the Hugging Face cache; failing all
+of these the tiny tokenizer stands in and a warning says prompts will not mean what they should.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import re
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,8 +35,17 @@ import torch
 from ..errors import ModelError
 
 DEFAULT_MODEL = "tiny"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+log = logging.getLogger("stylecloak.loading")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _random_specs() -> dict[str, str]:
+    from ..configs import KINDS
+
+    return {f"{k}-random": k for k in KINDS}
 
 
 def _dtype(name: str | torch.dtype | None) -> torch.dtype:
@@ -27,24 +58,82 @@ def _dtype(name: str | torch.dtype | None) -> torch.dtype:
     return table[name]
 
 
+def _prediction_type(value: str | None) -> str | None:
+    table = {None: None, "epsilon": "epsilon", "eps": "epsilon", "v_prediction": "v_prediction", "v": "v_prediction"}
+    if value not in table:
+        raise ValueError(f"unknown prediction_type {value!r}; use epsilon or v_prediction")
+    return table[value]
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Silence diffusers/transformers load-time notices (fp32 module hints, torchvision fallbacks) for a while."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    old = dlog.get_verbosity(), tlog.get_verbosity(), dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers\..*")
+            yield
+    finally:
+        dlog.set_verbosity(old[0])
+        tlog.set_verbosity(old[1])
+        if old[2]:
+            dlog.enable_progress_bar()
+        if old[3]:
+            tlog.enable_progress_bar()
+
+
+def spec_options() -> str:
+    from ..tiny_models import FLAVOURS
+
+    return (f"one of {', '.join(FLAVOURS + tuple(_random_specs()))}, a diffusers folder (with model_index.json), "
+            f"or a .safetensors checkpoint")
+
+
 def load_host(model: str | None = None, device: str = "cpu", dtype: str | torch.dtype | None = None, **kw):
-    """Load ``model`` (see module doc) onto ``device`` and wrap it for the engine."""
+    """Load ``model`` (see module doc) onto ``device`` and wrap it for the engine.
+
+    Keywords: ``seed`` (tiny/random models), ``tokenizer`` (folder with vocab.json + merges.txt),
+    ``prediction_type`` (``epsilon`` / ``v_prediction``, overrides what the files say), ``allow_pickle``.
+    """
     from ..tiny_models import FLAVOURS, build_tiny_host
-    from .diffusers_host import DiffusersHost
 
     dt = _dtype(dtype)
-    spec = model or DEFAULT_MODEL
-    if spec in FLAVOURS:
-        host = build_tiny_host(spec, seed=kw.get("seed", 0), dtype=dt)
-        _to(host, device)
-        return host
+    override = _prediction_type(kw.get("prediction_type"))
+    spec = str(model) if model is not None else DEFAULT_MODEL
+    with quiet_libraries():
+        if spec in FLAVOURS:
+            host = build_tiny_host(spec, seed=kw.get("seed", 0), dtype=dt)
+        elif spec in _random_specs():
+            from ..random_models import build_random_host
+
+            host = build_random_host(_random_specs()[spec], dtype=dt, device=device, seed=kw.get("seed", 0))
+        else:
+            host = _load_path(spec, dt, kw)
+        if override:
+            host.prediction_type = override
+        return _to(host, device)
+
+
+def _load_path(spec: str, dt: torch.dtype, kw: dict):
     path = Path(spec).expanduser()
     if not path.exists():
-        raise ModelError(f"{spec}: no such model file or folder (expected a diffusers folder, a .safetensors "
-                         f"checkpoint, or one of {', '.join(FLAVOURS)})")
+        raise ModelError(f"{spec}: no such model file or folder (expected {spec_options()})")
     if path.is_dir():
-        return _to(load_diffusers_folder(path, dt), device)
-    raise ModelError(f"{path}: unsupported model file type {path.suffix!r}")
+        return load_diffusers_folder(path, dt)
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return load_single_file(path, dt, tokenizer=kw.get("tokenizer"), prediction_type=kw.get("prediction_type"))
+    if suffix in PICKLE_SUFFIXES:
+        return load_pickle_checkpoint(path, dt, allow_pickle=kw.get("allow_pickle", False),
+                                      tokenizer=kw.get("tokenizer"), prediction_type=kw.get("prediction_type"))
+    raise ModelError(f"{path}: unsupported model file type {path.suffix!r} (expected {spec_options()})")
 
 
 def load_diffusers_folder(path: Path, dtype: torch.dtype):
@@ -52,11 +141,15 @@ def load_diffusers_folder(path: Path, dtype: torch.dtype):
 
     from .diffusers_host import DiffusersHost
 
+    path = Path(path)
     if not (path / "model_index.json").exists():
-        raise ModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        hint = " (this is one of its sub-folders; pass the folder above it)" if (path.parent / "model_index.json"
+                                                                                 ).exists() else ""
+        raise ModelError(f"{path}: not a diffusers pipeline folder (no model_index.json){hint}")
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True,
-                                                 use_safetensors=True, safety_checker=None)
+        with quiet_libraries():
+            pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True,
+                                                     use_safetensors=True, safety_checker=None)
     except Exception as e:  # diffusers raises many types; the user needs the path and the reason
         raise ModelError(f"{path}: could not load diffusers pipeline: {e}") from e
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
@@ -64,6 +157,188 @@ def load_diffusers_folder(path: Path, dtype: torch.dtype):
         if m is not None:
             m.eval().requires_grad_(False)
     return DiffusersHost.from_pipeline(pipe)
+
+
+# ---- single-file checkpoints ----------------------------------------------------------------------------------
+class _Tensors:
+    """Names, shapes and lazy reads of a checkpoint's tensors (a safetensors file or an in-memory dict)."""
+
+    def __init__(self, path: Path, handle=None, tensors: dict | None = None):
+        self.path, self.handle, self.tensors = path, handle, tensors
+        self.keys = set(handle.keys()) if handle is not None else set(tensors)
+        self.metadata = (handle.metadata() or {}) if handle is not None else {}
+
+    def shape(self, key: str) -> tuple:
+        if self.handle is not None:
+            return tuple(self.handle.get_slice(key).get_shape())
+        return tuple(self.tensors[key].shape)
+
+    def read(self, key: str) -> torch.Tensor:
+        if key not in self.keys:
+            raise KeyError(key)
+        return self.handle.get_tensor(key) if self.handle is not None else self.tensors[key]
+
+
+def load_single_file(path: Path, dtype: torch.dtype = torch.float32, tokenizer=None, prediction_type=None):
+    """A host from an ldm-layout ``.safetensors`` checkpoint (SD 1.x / 2.x / XL), without loading unused tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as e:
+        raise ModelError(f"{path}: not a readable safetensors file ({e})") from e
+    return _host_from_tensors(_Tensors(path, handle=handle), dtype, tokenizer, prediction_type)
+
+
+def load_pickle_checkpoint(path: Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
+                           tokenizer=None, prediction_type=None):
+    """A host from a pickle checkpoint; refused unless ``allow_pickle``, and then read with ``weights_only=True``."""
+    path = Path(path)
+    if not allow_pickle:
+        raise ModelError(
+            f"{path}: pickle checkpoints ({', '.join(PICKLE_SUFFIXES)}) can run arbitrary code when opened, so "
+            f"StyleCloak does not open them by default. Use a .safetensors version of the model, or convert this "
+            f"file once in a trusted environment (e.g. load it and save its state_dict with "
+            f"safetensors.torch.save_file). If you trust the file, pass allow_pickle=True: it is then read with "
+            f"torch.load(weights_only=True), which accepts plain tensors only.")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"{path}: could not be read with torch.load(weights_only=True) (it holds more than "
+                         f"plain tensors, or is not a torch file): {e}") from e
+    while isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    return _host_from_tensors(_Tensors(path, tensors=obj), dtype, tokenizer, prediction_type)
+
+
+def _host_from_tensors(src: _Tensors, dtype, tokenizer, prediction_type):
+    from .. import ldm_convert
+    from ..configs import assemble_pipeline
+    from .diffusers_host import DiffusersHost
+
+    try:
+        layout = ldm_convert.detect_layout(src.keys, src.shape)
+    except ValueError as e:
+        raise ModelError(f"{src.path}: not a Stable Diffusion checkpoint StyleCloak can use: {e}") from None
+    bundle, ptype, reason = _bundle_for(src, layout, _prediction_type(prediction_type))
+    try:
+        with quiet_libraries():
+            modules = ldm_convert.ldm_to_modules(src.read, bundle, layout, dtype)
+    except KeyError as e:
+        raise ModelError(f"{src.path}: incomplete {layout.upper()} checkpoint, tensor {e} is missing") from None
+    except ValueError as e:
+        raise ModelError(f"{src.path}: does not match the {bundle['family']} architecture: {e}") from None
+    tokenizers = {part: _tokenizer(bundle, part, tokenizer, src.path) for part in ("tokenizer", "tokenizer_2")
+                  if part in bundle}
+    with quiet_libraries():
+        pipe = assemble_pipeline(bundle, modules, tokenizers)
+    host = DiffusersHost.from_pipeline(pipe, family=bundle["family"])
+    host.prediction_type = ptype
+    log.info("%s: %s checkpoint, %s (%s)", src.path.name, bundle["family"], ptype, reason)
+    return host
+
+
+def _bundle_for(src: _Tensors, layout: str, override: str | None) -> tuple[dict, str, str]:
+    """Config bundle and prediction type for a checkpoint: its own metadata if StyleCloak wrote it, else shipped."""
+    from ..configs import read_bundle
+    from ..ldm_convert import UNET
+
+    meta = src.metadata.get("stylecloak.configs")
+    if meta:
+        bundle = json.loads(meta)
+        ptype = bundle["scheduler"].get("prediction_type", "epsilon")
+        return bundle, override or ptype, "given" if override else "from the file's metadata"
+    if override:
+        ptype, reason = override, "given"
+    else:
+        ptype, reason = guess_prediction_type(layout, src.keys, src.path.name)
+    kind = {"sd1": "sd15", "sdxl": "sdxl"}.get(layout) or ("sd2-v" if ptype == "v_prediction" else "sd2")
+    bundle = read_bundle(kind)
+    unet_in = src.shape(UNET + "input_blocks.0.0.weight")[1]
+    if unet_in != bundle["unet"]["in_channels"]:
+        raise ModelError(f"{src.path}: UNet takes {unet_in} input channels (an inpainting or other special "
+                         f"model); StyleCloak needs a plain text-to-image {bundle['family']} checkpoint")
+    return bundle, ptype, reason
+
+
+def guess_prediction_type(layout: str, keys, filename: str) -> tuple[str, str]:
+    """(prediction type, why) for a checkpoint without metadata; see the module doc for the rules."""
+    if "v_pred" in keys:
+        return "v_prediction", "the checkpoint has a 'v_pred' marker tensor"
+    if layout != "sd2":
+        return "epsilon", f"{layout.upper()} checkpoints predict noise"
+    name = filename.lower()
+    tokens = set(re.split(r"[^a-z0-9]+", name.rsplit(".", 1)[0]))
+    if tokens & {"v", "vpred", "768", "768v"} or "v-pred" in name or "v_pred" in name or "768-v" in name:
+        return "v_prediction", f"the file name {filename!r} says v-prediction"
+    if tokens & {"512", "base", "eps", "epsilon"}:
+        return "epsilon", f"the file name {filename!r} says 512-base (epsilon)"
+    log.warning("%s: SD 2.x checkpoint; assuming v-prediction (SD 2.x 768-v). If it is a 512-base model, pass "
+                "prediction_type='epsilon'.", filename)
+    return "v_prediction", "SD 2.x default"
+
+
+# ---- tokenizers -----------------------------------------------------------------------------------------------
+def _has_vocab(folder: Path) -> bool:
+    return (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+
+
+def tokenizer_candidates() -> list[Path]:
+    """Well-known local places that may hold the real CLIP BPE vocabulary, in order of preference."""
+    found = []
+    if os.environ.get("STYLECLOAK_TOKENIZER"):
+        found.append(Path(os.environ["STYLECLOAK_TOKENIZER"]).expanduser())
+    comfy = sys.modules.get("comfy")
+    if comfy is not None and getattr(comfy, "__file__", None):
+        found.append(Path(comfy.__file__).parent / "sd1_tokenizer")
+    for var in ("COMFYUI_PATH", "COMFYUI_DIR"):
+        if os.environ.get(var):
+            found.append(Path(os.environ[var]).expanduser() / "comfy" / "sd1_tokenizer")
+    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub"
+    hub = Path(hub).expanduser()
+    for repo, sub in (("openai--clip-vit-large-patch14", ""), ("runwayml--stable-diffusion-v1-5", "tokenizer"),
+                      ("stable-diffusion-v1-5--stable-diffusion-v1-5", "tokenizer")):
+        found.extend(sorted((hub / f"models--{repo}" / "snapshots").glob(f"*/{sub}".rstrip("/"))))
+    return found
+
+
+def find_tokenizer_dir(explicit=None) -> Path | None:
+    """The folder to read the CLIP vocabulary from: ``explicit`` (must be valid) or the first valid candidate."""
+    if explicit is not None:
+        folder = Path(explicit).expanduser()
+        if not _has_vocab(folder):
+            raise ModelError(f"{folder}: tokenizer folder must contain vocab.json and merges.txt")
+        return folder
+    return next((c for c in tokenizer_candidates() if _has_vocab(c)), None)
+
+
+def _tokenizer(bundle: dict, part: str, explicit, model_path: Path):
+    from transformers import CLIPTokenizer
+
+    from ..tiny_models import load_tiny_tokenizer
+
+    cfg = bundle.get(part) or {}
+    te = bundle["text_encoder_2" if part == "tokenizer_2" else "text_encoder"]
+    tiny = load_tiny_tokenizer()
+    folder = None if (explicit is None and te["vocab_size"] == len(tiny)) else find_tokenizer_dir(explicit)
+    if folder is None:
+        tok = tiny
+        if te["vocab_size"] != len(tiny):
+            log.warning("%s: no CLIP tokenizer vocabulary found, using StyleCloak's tiny stand-in: prompts will not "
+                        "mean what they should. Point tokenizer=DIR or $STYLECLOAK_TOKENIZER at a folder with "
+                        "vocab.json and merges.txt (e.g. ComfyUI's comfy/sd1_tokenizer).", model_path.name)
+    else:
+        tok = CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+        if len(tok) > te["vocab_size"]:
+            raise ModelError(f"{folder}: tokenizer has {len(tok)} tokens but the text encoder of {model_path.name} "
+                             f"knows only {te['vocab_size']}")
+    tok.model_max_length = int(cfg.get("model_max_length", 77))
+    if cfg.get("pad_token"):
+        tok.pad_token = cfg["pad_token"]
+    return tok
 
 
 def _to(host, device):

@@ -92,12 +92,14 @@ def empty_modules(bundle: dict) -> dict[str, torch.nn.Module]:
 
 
 def fix_buffers(module: torch.nn.Module) -> None:
-    """Recompute the non-persistent buffers a checkpoint does not carry (CLIP's ``position_ids``)."""
+    """Recompute the non-persistent buffers a checkpoint does not carry (CLIP's ``position_ids``), on the device of
+    the module's parameters."""
+    device = next((p.device for p in module.parameters() if p.device.type != "meta"), torch.device("cpu"))
     for name, buf in list(module.named_buffers()):
         owner_name, _, attr = name.rpartition(".")
         owner = module.get_submodule(owner_name) if owner_name else module
         if attr == "position_ids":
-            owner.register_buffer(attr, torch.arange(buf.shape[-1], device=buf.device).expand(1, -1),
+            owner.register_buffer(attr, torch.arange(buf.shape[-1], device=device).expand(1, -1),
                                   persistent=False)
         else:
             raise ValueError(f"do not know how to initialise buffer {name!r}")
