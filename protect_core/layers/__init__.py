@@ -1,0 +1,13 @@
+"""Select Style-Sensitive Layers: rank a model's cross-attention layers by style sensitivity on the user's images.
+
+* :mod:`.analysis` -- the analysis and its exact score (``analyse_layers``, ``AnalysisSettings``);
+* :mod:`.descriptor` -- the external style model (local CLIP vision, or the offline VAE-Gram descriptor);
+* :mod:`.selection` -- ``LayerSelection`` (JSON load/save, ``names`` for ``CloakSettings.layers``) and presets;
+* :mod:`.naming` -- canonical (diffusers) <-> ldm / ComfyUI layer names;
+* :mod:`.heatmap` -- the per-layer, per-timestep heat map (Pillow); :mod:`.cli` -- ``stylecloak layers``.
+"""
+from .analysis import AnalysisSettings, LayerAnalysis, LayerScore, analyse_layers
+from .selection import PRESETS, STYLEPROTECT_SD15, LayerSelection
+
+__all__ = ["AnalysisSettings", "LayerAnalysis", "LayerScore", "analyse_layers", "LayerSelection", "PRESETS",
+           "STYLEPROTECT_SD15"]

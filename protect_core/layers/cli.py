@@ -1,0 +1,95 @@
+"""``stylecloak layers``: rank cross-attention layers by style sensitivity on the user's images.
+
+    stylecloak layers art/ --top-k 4 -o selection.json --plot layers.png \\
+        [--style-prompt "..." --content-prompt "..." --timesteps 200,500,800 --seeds 2 --size 512 --clip CLIP_DIR]
+    stylecloak layers --preset styleprotect -o selection.json      # a named preset, no analysis
+    stylecloak layers --list-presets
+
+The selection file goes to ``stylecloak cloak --layers selection.json`` and ``stylecloak mimicry --layers ...``.
+"""
+from __future__ import annotations
+
+from ..errors import StyleCloakError
+from .analysis import DEFAULT_CONTENT_PROMPT, DEFAULT_STYLE_PROMPT, AnalysisSettings
+from .selection import PRESETS, LayerSelection
+
+
+def add_arguments(parser) -> None:
+    d = AnalysisSettings()
+    parser.add_argument("inputs", nargs="*", metavar="IMAGES", help="image files and/or folders (3 or more)")
+    parser.add_argument("-o", "--output", help="write the selection JSON here")
+    parser.add_argument("--top-k", type=int, default=4, help="how many layers to select (default 4)")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="also draw the heat map (layers x timesteps)")
+    parser.add_argument("--style-prompt", default=DEFAULT_STYLE_PROMPT,
+                        help="prompt naming the style (e.g. 'a painting by <artist>')")
+    parser.add_argument("--content-prompt", default=DEFAULT_CONTENT_PROMPT,
+                        help="the same prompt without the style description")
+    parser.add_argument("--timesteps", default=",".join(str(t) for t in d.timesteps),
+                        help="comma-separated timesteps (default 200,500,800)")
+    parser.add_argument("--seeds", type=int, default=d.seeds, help="noise draws per image and timestep")
+    parser.add_argument("--size", type=int, default=d.size, help="analysis resolution in px (default 512)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per UNet call")
+    parser.add_argument("--correlation-weight", type=float, default=d.correlation_weight,
+                        help="lambda in score = S^ (1 + lambda C) / (1 + lambda); 0 = sensitivity only")
+    parser.add_argument("--clip", default=None, metavar="FOLDER",
+                        help="a local CLIP vision model folder as the style model (default: offline VAE-Gram)")
+    parser.add_argument("--preset", default=None, choices=list(PRESETS),
+                        help="write a named preset instead of analysing (checked against the model)")
+    parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+
+
+def parse_timesteps(text: str) -> tuple[int, ...]:
+    try:
+        ts = tuple(int(x) for x in str(text).replace(" ", "").split(",") if x)
+    except ValueError:
+        raise ValueError(f"--timesteps expects comma-separated integers like 200,500,800, got {text!r}") from None
+    if not ts:
+        raise ValueError("--timesteps is empty")
+    return ts
+
+
+def _compact(row: dict) -> dict:
+    keys = ("rank", "name", "ldm_name", "score", "sensitivity", "correlation", "strength")
+    return {k: (round(row[k], 5) if isinstance(row[k], float) else row[k]) for k in keys}
+
+
+def run(args, host) -> dict:
+    if args.list_presets:
+        return {"presets": PRESETS}
+    if not args.output:
+        raise StyleCloakError("no output file; pass -o selection.json")
+    if args.preset:
+        sel = LayerSelection.from_preset(args.preset, host)
+        path = sel.save(args.output)
+        return {"output": str(path), "source": sel.source, "selected": sel.names, "ldm_names": sel.ldm_layers}
+    if not args.inputs:
+        raise StyleCloakError("no input images; usage: stylecloak layers IMAGES... -o selection.json "
+                              "(or --preset NAME / --list-presets)")
+    from ..cli import progress_bar
+    from ..images import list_images, load_image
+    from ..progress import Progress
+    from .analysis import analyse_layers
+    from .descriptor import ClipDescriptor
+    from .heatmap import save_heatmap
+
+    settings = AnalysisSettings(style_prompt=args.style_prompt, content_prompt=args.content_prompt,
+                                timesteps=parse_timesteps(args.timesteps), seeds=args.seeds, seed=args.seed,
+                                size=args.size, batch_size=args.batch_size,
+                                correlation_weight=args.correlation_weight)
+    files = list_images(args.inputs)
+    images = [load_image(f).rgb for f in files]
+    descriptor = ClipDescriptor(args.clip) if args.clip else None
+    on_step, close = progress_bar(args, 0, "layers")
+    try:
+        analysis = analyse_layers(host, images, settings, descriptor, Progress(on_step=on_step))
+    finally:
+        close()
+    sel = LayerSelection.from_analysis(analysis, args.top_k)
+    sel.settings["images"] = [str(f) for f in files]
+    path = sel.save(args.output)
+    summary = {"output": str(path), "images": len(files), "descriptor": analysis.descriptor,
+               "selected": sel.names, "ldm_names": sel.ldm_layers, "notes": analysis.notes,
+               "table": [_compact(r) for r in sel.table]}
+    if args.plot:
+        summary["plot"] = str(save_heatmap(sel, args.plot))
+    return summary
