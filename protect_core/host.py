@@ -186,7 +186,8 @@ class HostModel(abc.ABC):
         """Non-inference, gradient-free views of a host module's parameters and buffers, built once per borrow.
 
         Ordinary tensors are shared (``detach()``, no copy); inference tensors (weights a host created under
-        ``torch.inference_mode()``) are cloned, because autograd cannot save them for backward.
+        ``torch.inference_mode()``) are detached and cloned, because autograd cannot save them for backward (and a
+        plain clone of a ``requires_grad`` parameter would route gradients back into the host's ``.grad``).
         """
         self._require_borrowed()
         if self._views is None:
@@ -195,7 +196,7 @@ class HostModel(abc.ABC):
         if key not in self._views:
             views = {}
             for name, t in [*module.named_parameters(), *module.named_buffers()]:
-                views[name] = t.clone() if t.is_inference() else t.detach()
+                views[name] = t.detach().clone() if t.is_inference() else t.detach()
             self._views[key] = views
         return self._views[key]
 
@@ -209,7 +210,7 @@ class HostModel(abc.ABC):
         if self._views is None:
             self._views = {}
         if "unet" not in self._views:
-            self._views["unet"] = {n: (p.clone() if p.is_inference() else p.detach())
+            self._views["unet"] = {n: (p.detach().clone() if p.is_inference() else p.detach())
                                    for n, p in self.unet_parameters().items()}
         return self._views["unet"]
 

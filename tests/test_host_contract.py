@@ -31,8 +31,11 @@ def _single_file(tmp_dir):
 
 
 def _inference_mode():
+    """Weights made under inference_mode and left requires_grad=True, as ComfyUI and Forge load them."""
     with torch.inference_mode():
         host = build_tiny_host("tiny", seed=0)
+        for m in host.host_modules().values():
+            m.requires_grad_(True)
     p = next(host.unet.parameters())
     assert p.is_inference()
     return host
