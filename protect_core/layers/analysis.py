@@ -245,7 +245,8 @@ def analyse_layers(host, images, settings: AnalysisSettings | None = None, descr
     strength = torch.zeros(len(layers), dtype=torch.float64)
     notes = []
     with host.borrowed(), torch.no_grad():
-        latents = torch.cat([host.encode(x[a:b].to(host.device) * 2 - 1) for a, b in chunks])
+        mean = torch.cat([host.posterior(x[a:b].to(host.device) * 2 - 1)[0] for a, b in chunks])
+        latents = (mean - host.latent_shift) * host.latent_scale  # = host.encode(images), posterior mean
         cond_s, cond_c = host.encode_text(settings.style_prompt), host.encode_text(settings.content_prompt)
         gen = torch.Generator().manual_seed(int(settings.seed))
         noises = [torch.randn(latents.shape, generator=gen).to(latents) for _ in range(n_seeds)]
@@ -271,7 +272,9 @@ def analyse_layers(host, images, settings: AnalysisSettings | None = None, descr
                             stats[li][a:b] += st.double()
                             strength[li] += rms.double().sum()
                         progress.step(stage="layers", seed=s, timestep=t)
-        d_style = desc.distances(x).double()
+        from_posterior = getattr(desc, "distances_from_posterior", None)
+        d_style = (from_posterior(mean) if callable(from_posterior) and getattr(desc, "host", None) is host
+                   else desc.distances(x)).double()
         progress.step(stage="descriptor")
     pairs = condensed(d_style)
     if n < 3:

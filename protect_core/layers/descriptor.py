@@ -84,6 +84,10 @@ class VaeGramDescriptor:
     def distances(self, images01: torch.Tensor) -> torch.Tensor:
         return standardised_distances(self.features(images01))
 
+    def distances_from_posterior(self, mean: torch.Tensor) -> torch.Tensor:
+        """The same distances from posterior means the caller already has (saves a VAE pass)."""
+        return standardised_distances(latent_gram_features(mean.cpu()))
+
 
 class ClipDescriptor:
     """Style distances from a local CLIP vision model; never downloads."""
