@@ -281,6 +281,9 @@ def ldm_to_modules(read: Callable[[str], torch.Tensor], bundle: dict, layout: st
     from .configs import empty_modules, fix_buffers
 
     modules = empty_modules(bundle)
+    if set(modules) != set(LAYOUTS[layout]):
+        raise ValueError(f"the configs describe {', '.join(sorted(modules))} but a {layout} checkpoint holds "
+                         f"{', '.join(sorted(LAYOUTS[layout]))}")
     for comp, (prefix, style) in LAYOUTS[layout].items():
         module = modules[comp]
         meta = module.state_dict()

@@ -13,7 +13,9 @@ Accepted specs (nothing is ever fetched from a hub):
   v-prediction, ``512``/``base`` -> epsilon) decide, and plain SD 2.x defaults to v-prediction (SD 2.x 768 models
   are the common ones);
 * pickle checkpoints (``.ckpt .pt .pth .bin``) only with ``allow_pickle=True``, and then only through
-  ``torch.load(weights_only=True)``.
+  ``torch.load(weights_only=True)``. A pickle has no metadata: pass ``config=`` unless it is a standard model.
+
+``config=`` (a shipped kind or a diffusers folder) overrides the configs a checkpoint is read with.
 
 Tokenizer: a real checkpoint needs the CLIP BPE vocabulary. It is taken from ``tokenizer=DIR``, else
 ``$STYLECLOAK_TOKENIZER``, else a ComfyUI checkout (``comfy/sd1_tokenizer``), else the Hugging Face cache; failing all
@@ -100,7 +102,9 @@ def load_host(model: str | None = None, device: str = "cpu", dtype: str | torch.
     """Load ``model`` (see module doc) onto ``device`` and wrap it for the engine.
 
     Keywords: ``seed`` (tiny/random models), ``tokenizer`` (folder with vocab.json + merges.txt),
-    ``prediction_type`` (``epsilon`` / ``v_prediction``, overrides what the files say), ``allow_pickle``.
+    ``prediction_type`` (``epsilon`` / ``v_prediction``, overrides what the files say), ``allow_pickle``, and for
+    checkpoints ``config`` (a shipped kind ``sd15``/``sd2``/``sd2-v``/``sdxl`` or a diffusers folder whose configs
+    describe the file; default: the file's own metadata, else the shipped config of the detected family).
     """
     from ..tiny_models import FLAVOURS, build_tiny_host
 
@@ -129,11 +133,14 @@ def _load_path(spec: str, dt: torch.dtype, kw: dict):
         return load_diffusers_folder(path, dt)
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        return load_single_file(path, dt, tokenizer=kw.get("tokenizer"), prediction_type=kw.get("prediction_type"))
+        return load_single_file(path, dt, **_file_options(kw))
     if suffix in PICKLE_SUFFIXES:
-        return load_pickle_checkpoint(path, dt, allow_pickle=kw.get("allow_pickle", False),
-                                      tokenizer=kw.get("tokenizer"), prediction_type=kw.get("prediction_type"))
+        return load_pickle_checkpoint(path, dt, allow_pickle=kw.get("allow_pickle", False), **_file_options(kw))
     raise ModelError(f"{path}: unsupported model file type {path.suffix!r} (expected {spec_options()})")
+
+
+def _file_options(kw: dict) -> dict:
+    return {k: kw.get(k) for k in ("tokenizer", "prediction_type", "config")}
 
 
 def load_diffusers_folder(path: Path, dtype: torch.dtype):
@@ -179,7 +186,8 @@ class _Tensors:
         return self.handle.get_tensor(key) if self.handle is not None else self.tensors[key]
 
 
-def load_single_file(path: Path, dtype: torch.dtype = torch.float32, tokenizer=None, prediction_type=None):
+def load_single_file(path: Path, dtype: torch.dtype = torch.float32, tokenizer=None, prediction_type=None,
+                     config=None):
     """A host from an ldm-layout ``.safetensors`` checkpoint (SD 1.x / 2.x / XL), without loading unused tensors."""
     from safetensors import safe_open
 
@@ -188,11 +196,12 @@ def load_single_file(path: Path, dtype: torch.dtype = torch.float32, tokenizer=N
         handle = safe_open(str(path), framework="pt", device="cpu")
     except Exception as e:
         raise ModelError(f"{path}: not a readable safetensors file ({e})") from e
-    return _host_from_tensors(_Tensors(path, handle=handle), dtype, tokenizer, prediction_type)
+    with handle:  # every tensor is copied out, so the file is released once loading ends
+        return _host_from_tensors(_Tensors(path, handle=handle), dtype, tokenizer, prediction_type, config)
 
 
 def load_pickle_checkpoint(path: Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
-                           tokenizer=None, prediction_type=None):
+                           tokenizer=None, prediction_type=None, config=None):
     """A host from a pickle checkpoint; refused unless ``allow_pickle``, and then read with ``weights_only=True``."""
     path = Path(path)
     if not allow_pickle:
@@ -209,12 +218,13 @@ def load_pickle_checkpoint(path: Path, dtype: torch.dtype = torch.float32, allow
                          f"plain tensors, or is not a torch file): {e}") from e
     while isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
         raise ModelError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
-    return _host_from_tensors(_Tensors(path, tensors=obj), dtype, tokenizer, prediction_type)
+    return _host_from_tensors(_Tensors(path, tensors=tensors), dtype, tokenizer, prediction_type, config)
 
 
-def _host_from_tensors(src: _Tensors, dtype, tokenizer, prediction_type):
+def _host_from_tensors(src: _Tensors, dtype, tokenizer, prediction_type, config=None):
     from .. import ldm_convert
     from ..configs import assemble_pipeline
     from .diffusers_host import DiffusersHost
@@ -223,7 +233,7 @@ def _host_from_tensors(src: _Tensors, dtype, tokenizer, prediction_type):
         layout = ldm_convert.detect_layout(src.keys, src.shape)
     except ValueError as e:
         raise ModelError(f"{src.path}: not a Stable Diffusion checkpoint StyleCloak can use: {e}") from None
-    bundle, ptype, reason = _bundle_for(src, layout, _prediction_type(prediction_type))
+    bundle, ptype, reason = _bundle_for(src, layout, _prediction_type(prediction_type), config)
     try:
         with quiet_libraries():
             modules = ldm_convert.ldm_to_modules(src.read, bundle, layout, dtype)
@@ -231,8 +241,8 @@ def _host_from_tensors(src: _Tensors, dtype, tokenizer, prediction_type):
         raise ModelError(f"{src.path}: incomplete {layout.upper()} checkpoint, tensor {e} is missing") from None
     except ValueError as e:
         raise ModelError(f"{src.path}: does not match the {bundle['family']} architecture: {e}") from None
-    tokenizers = {part: _tokenizer(bundle, part, tokenizer, src.path) for part in ("tokenizer", "tokenizer_2")
-                  if part in bundle}
+    tokenizers = {part: tokenizer_for(bundle, part, tokenizer, src.path.name)
+                  for part in ("tokenizer", "tokenizer_2") if part in bundle}
     with quiet_libraries():
         pipe = assemble_pipeline(bundle, modules, tokenizers)
     host = DiffusersHost.from_pipeline(pipe, family=bundle["family"])
@@ -241,16 +251,21 @@ def _host_from_tensors(src: _Tensors, dtype, tokenizer, prediction_type):
     return host
 
 
-def _bundle_for(src: _Tensors, layout: str, override: str | None) -> tuple[dict, str, str]:
-    """Config bundle and prediction type for a checkpoint: its own metadata if StyleCloak wrote it, else shipped."""
+def _bundle_for(src: _Tensors, layout: str, override: str | None, config=None) -> tuple[dict, str, str]:
+    """Config bundle and prediction type for a checkpoint: ``config`` if given, else the file's own metadata (when
+    StyleCloak wrote it), else the shipped config of the detected family."""
     from ..configs import read_bundle
     from ..ldm_convert import UNET
 
     meta = src.metadata.get("stylecloak.configs")
-    if meta:
-        bundle = json.loads(meta)
+    if config is not None or meta:
+        try:
+            bundle, where = (read_bundle(config), f"config {config}") if config is not None else (
+                json.loads(meta), "the file's metadata")
+        except (ValueError, OSError) as e:
+            raise ModelError(str(e)) from None
         ptype = bundle["scheduler"].get("prediction_type", "epsilon")
-        return bundle, override or ptype, "given" if override else "from the file's metadata"
+        return bundle, override or ptype, "given" if override else f"from {where}"
     if override:
         ptype, reason = override, "given"
     else:
@@ -291,9 +306,9 @@ def tokenizer_candidates() -> list[Path]:
     found = []
     if os.environ.get("STYLECLOAK_TOKENIZER"):
         found.append(Path(os.environ["STYLECLOAK_TOKENIZER"]).expanduser())
-    comfy = sys.modules.get("comfy")
-    if comfy is not None and getattr(comfy, "__file__", None):
-        found.append(Path(comfy.__file__).parent / "sd1_tokenizer")
+    comfy = sys.modules.get("comfy")  # running inside ComfyUI (never imported here)
+    for root in (getattr(comfy, "__path__", None) or []):
+        found.append(Path(root) / "sd1_tokenizer")
     for var in ("COMFYUI_PATH", "COMFYUI_DIR"):
         if os.environ.get(var):
             found.append(Path(os.environ[var]).expanduser() / "comfy" / "sd1_tokenizer")
@@ -315,7 +330,9 @@ def find_tokenizer_dir(explicit=None) -> Path | None:
     return next((c for c in tokenizer_candidates() if _has_vocab(c)), None)
 
 
-def _tokenizer(bundle: dict, part: str, explicit, model_path: Path):
+def tokenizer_for(bundle: dict, part: str, explicit=None, model_name: str = "model"):
+    """The CLIP tokenizer for ``bundle[part]``: the tiny one for the tiny text encoders; for real ones, ``explicit``
+    or the bundle's own vocabulary or a well-known local copy, else the tiny stand-in with a warning."""
     from transformers import CLIPTokenizer
 
     from ..tiny_models import load_tiny_tokenizer
@@ -323,17 +340,20 @@ def _tokenizer(bundle: dict, part: str, explicit, model_path: Path):
     cfg = bundle.get(part) or {}
     te = bundle["text_encoder_2" if part == "tokenizer_2" else "text_encoder"]
     tiny = load_tiny_tokenizer()
-    folder = None if (explicit is None and te["vocab_size"] == len(tiny)) else find_tokenizer_dir(explicit)
+    if explicit is None and te["vocab_size"] == len(tiny):
+        folder = None
+    else:
+        folder = find_tokenizer_dir(explicit if explicit is not None else cfg.get("vocab_dir"))
     if folder is None:
         tok = tiny
         if te["vocab_size"] != len(tiny):
             log.warning("%s: no CLIP tokenizer vocabulary found, using StyleCloak's tiny stand-in: prompts will not "
                         "mean what they should. Point tokenizer=DIR or $STYLECLOAK_TOKENIZER at a folder with "
-                        "vocab.json and merges.txt (e.g. ComfyUI's comfy/sd1_tokenizer).", model_path.name)
+                        "vocab.json and merges.txt (e.g. ComfyUI's comfy/sd1_tokenizer).", model_name)
     else:
         tok = CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
         if len(tok) > te["vocab_size"]:
-            raise ModelError(f"{folder}: tokenizer has {len(tok)} tokens but the text encoder of {model_path.name} "
+            raise ModelError(f"{folder}: tokenizer has {len(tok)} tokens but the text encoder of {model_name} "
                              f"knows only {te['vocab_size']}")
     tok.model_max_length = int(cfg.get("model_max_length", 77))
     if cfg.get("pad_token"):

@@ -30,14 +30,29 @@ def config_dir(kind: str) -> Path:
     return CONFIG_ROOT / kind
 
 
-def read_bundle(kind: str) -> dict:
-    """The config bundle of a shipped folder."""
-    folder = config_dir(kind)
+def read_bundle(kind: str | Path) -> dict:
+    """The config bundle of a shipped kind (``sd15`` ...) or of any diffusers pipeline folder (weights not read)."""
+    folder = config_dir(kind) if str(kind) in KINDS else Path(kind)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder}: not a config folder (no model_index.json); use a diffusers pipeline folder "
+                         f"or one of {', '.join(KINDS)}")
     index = json.loads((folder / "model_index.json").read_text())
-    bundle = {"family": "sd2" if kind == "sd2-v" else kind, "pipeline": index["_class_name"]}
+    bundle = {"pipeline": index["_class_name"]}
     for part, rel in _FILES.items():
         if (folder / rel).exists():
             bundle[part] = json.loads((folder / rel).read_text())
+    for part in ("tokenizer", "tokenizer_2"):
+        if part in bundle:
+            pad = bundle[part].get("pad_token")
+            bundle[part]["pad_token"] = pad.get("content") if isinstance(pad, dict) else pad
+            if (folder / part / "vocab.json").is_file() and (folder / part / "merges.txt").is_file():
+                bundle[part]["vocab_dir"] = str(folder / part)
+    if str(kind) in KINDS:
+        bundle["family"] = "sd2" if kind == "sd2-v" else str(kind)
+    elif bundle["pipeline"] == "StableDiffusionXLPipeline":
+        bundle["family"] = "sdxl"
+    else:
+        bundle["family"] = {768: "sd15", 1024: "sd2"}.get(bundle["unet"].get("cross_attention_dim"), "custom")
     return bundle
 
 
