@@ -263,3 +263,19 @@ def test_random_spec_and_quiet_loading(capfd):
     load_host("tiny", dtype="fp16")
     assert "should be kept in float32" not in capfd.readouterr().err
     assert dlog.get_verbosity() == level
+
+
+def test_make_random_checkpoint_tool_tiny(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "make_random_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("make_random_checkpoint", script)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "tiny.safetensors"
+    assert tool.main([str(out), "--tiny", "--dtype", "fp32", "--seed", "0"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    _assert_same(_outputs(load_host(str(out))), _reference("tiny"))
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "x.ckpt"), "--tiny"])
