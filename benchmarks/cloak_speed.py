@@ -27,23 +27,18 @@ from protect_core.cloak.presets import settings_for  # noqa: E402
 from protect_core.progress import Progress  # noqa: E402
 
 
-def build_host(model: str, device: str):
+def build_host(model: str, device: str, dtype: str):
+    dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     if model == "sd15-random":
         try:
             from protect_core.random_models import build_random_host
         except ImportError as e:
             sys.exit(f"--model sd15-random needs protect_core.random_models.build_random_host ({e}); "
                      "use --model tiny")
-        host = build_random_host("sd15")
-    else:
-        from protect_core.tiny_models import build_tiny_host
+        return build_random_host("sd15", dtype=dt, device=device)
+    from protect_core.backends.loading import load_host
 
-        host = build_tiny_host(model, seed=0)
-    if device != "cpu":
-        from protect_core.backends.loading import _to
-
-        _to(host, device)
-    return host
+    return load_host(model, device=device, dtype=dt)
 
 
 def _reset_peak(device: str) -> bool:
@@ -95,14 +90,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.methods.split(",") if args.methods else list(available_methods())
     sizes = [int(s) for s in args.sizes.split(",")]
-    host = build_host(args.model, args.device)
-    print(f"model {args.model}, device {args.device}, batch {args.batch}, {args.steps} steps, "
+    host = build_host(args.model, args.device, args.dtype)
+    print(f"model {args.model} ({args.dtype}), device {args.device}, batch {args.batch}, {args.steps} steps, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| method | size | s / step | setup s | peak MiB |")
     print("|---|---|---|---|---|")
