@@ -215,7 +215,7 @@ _HINTS = (
 )
 
 
-def detect_layout(keys, shape: Callable[[str], tuple] | None = None) -> str:
+def detect_layout(keys) -> str:
     """``sd1`` / ``sd2`` / ``sdxl`` from a checkpoint's tensor names; ``ValueError`` saying what is wrong otherwise."""
     keys = set(keys)
     if not any(k.startswith(UNET) for k in keys):

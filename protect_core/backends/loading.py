@@ -230,7 +230,7 @@ def _host_from_tensors(src: _Tensors, dtype, tokenizer, prediction_type, config=
     from .diffusers_host import DiffusersHost
 
     try:
-        layout = ldm_convert.detect_layout(src.keys, src.shape)
+        layout = ldm_convert.detect_layout(src.keys)
     except ValueError as e:
         raise ModelError(f"{src.path}: not a Stable Diffusion checkpoint StyleCloak can use: {e}") from None
     bundle, ptype, reason = _bundle_for(src, layout, _prediction_type(prediction_type), config)
