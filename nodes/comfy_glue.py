@@ -1,0 +1,73 @@
+"""What every StyleCloak ComfyUI node shares: tensor layout conversion, the progress/interrupt bridge, previews.
+
+ComfyUI IMAGE tensors are (B, H, W, C) floats in [0, 1]; the engine works on (3, H, W) tensors. Progress goes to
+``comfy.utils.ProgressBar`` (with a live preview when the block provides one) and the engine's cooperative
+cancellation polls ``comfy.model_management.processing_interrupted()``, so the Cancel button stops a cloak within
+one optimisation step; the engine's ``Cancelled`` becomes ComfyUI's own interrupt exception.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import torch
+
+from protect_core.errors import Cancelled, StyleCloakError
+from protect_core.progress import Progress
+
+
+def comfy_to_list(image: torch.Tensor) -> list[torch.Tensor]:
+    """ComfyUI IMAGE (B, H, W, C) -> list of (3, H, W) float tensors (alpha dropped, greyscale expanded)."""
+    if image is None or image.ndim != 4 or image.shape[0] == 0:
+        raise StyleCloakError("expected a non-empty IMAGE batch")
+    x = image.detach().float().cpu()
+    if x.shape[-1] == 1:
+        x = x.expand(-1, -1, -1, 3)
+    return [img[..., :3].permute(2, 0, 1).contiguous() for img in x]
+
+
+def list_to_comfy(images: list[torch.Tensor]) -> torch.Tensor:
+    """list of (3, H, W) -> ComfyUI IMAGE; images of different sizes are padded to the largest (bottom-right)."""
+    h = max(i.shape[-2] for i in images)
+    w = max(i.shape[-1] for i in images)
+    out = torch.zeros(len(images), h, w, 3)
+    for k, img in enumerate(images):
+        out[k, : img.shape[-2], : img.shape[-1]] = img.permute(1, 2, 0).float().cpu()
+    return out
+
+
+def make_progress(total: int = 0, node_id=None) -> Progress:
+    import comfy.model_management as mm
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(max(total, 1), node_id=node_id)
+
+    def on_step(done, total_, info):
+        preview = info.get("preview")
+        if preview is not None:
+            preview = ("JPEG", _to_pil(preview), 512)
+        bar.update_absolute(done, max(total_, 1), preview)
+
+    return Progress(total, on_step=on_step, should_stop=mm.processing_interrupted)
+
+
+def _to_pil(x: torch.Tensor):
+    from PIL import Image
+
+    arr = (x.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    return Image.fromarray(arr)
+
+
+@contextlib.contextmanager
+def comfy_errors():
+    """Engine errors -> ComfyUI conventions: Cancelled becomes an interrupt; others keep their clear message."""
+    try:
+        yield
+    except Cancelled:
+        import comfy.model_management as mm
+
+        raise mm.InterruptProcessingException()
+
+
+def to_json(data) -> str:
+    return json.dumps(data, indent=2, default=str)
