@@ -46,8 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_) in _available().items():
         sp = sub.add_parser(name, help=help_, description=help_)
         common = sp.add_argument_group("model and run")
-        common.add_argument("--model", default=None, help="diffusers folder, .safetensors checkpoint, or tiny / "
-                            "tiny-v / tiny-xl (default: the embedded model)")
+        common.add_argument("--model", default=None, help="diffusers folder, SD 1.x/2.x/XL .safetensors checkpoint, "
+                            "tiny / tiny-v / tiny-xl, or sd15-random / sd2-random / sd2-v-random / sdxl-random "
+                            "(default: the embedded model)")
+        common.add_argument("--tokenizer", default=None, help="folder with the CLIP tokenizer (vocab.json, "
+                            "merges.txt) for real checkpoints; see README 'Models and offline loading'")
+        common.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
+                            help="override the model's parameterisation (SD 2.x files do not say)")
+        common.add_argument("--model-config", default=None, help="sd15 / sd2 / sd2-v / sdxl or a diffusers folder "
+                            "describing the checkpoint (default: detected)")
+        common.add_argument("--allow-pickle", action="store_true", help="accept .ckpt/.pt/.bin files, read with "
+                            "torch.load(weights_only=True) only; prefer converting them to .safetensors")
         common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
         common.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model precision")
         common.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output bytes)")
@@ -70,7 +79,9 @@ def main(argv=None) -> int:
     try:
         from .backends.loading import load_host
 
-        host = load_host(args.model, device=args.device, dtype=args.dtype)
+        extra = {k: v for k, v in (("tokenizer", args.tokenizer), ("prediction_type", args.prediction_type),
+                                   ("config", args.model_config)) if v}
+        host = load_host(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle, **extra)
         summary = module.run(args, host)
     except Cancelled as e:
         print(f"stylecloak: {e}", file=sys.stderr)
