@@ -24,7 +24,7 @@ def host():
 
 
 def _settings(name, options=None, **kw):
-    kw.setdefault("steps", 6)
+    kw.setdefault("steps", 4)
     return settings_for(get_method(name), "default", options={**FAST, **(options or {})}, **kw)
 
 
