@@ -10,7 +10,8 @@ import torch
 
 from protect_core.errors import Cancelled, ModelError, StyleCloakError
 from protect_core.layers import AnalysisSettings, LayerSelection, analyse_layers
-from protect_core.layers.analysis import (average_ranks, final_scores, record_attn2, relative_change, spearman)
+from protect_core.layers.analysis import (average_ranks, effective_weight, final_scores, record_attn2,
+                                         relative_change, spearman)
 from protect_core.progress import CancelToken, Progress
 
 SP, CP = "a painting in sks style", "a painting"
@@ -186,6 +187,8 @@ def test_score_pieces():
     s = final_scores([2.0, 1.0, 1.0], [None, 1.0, -1.0], 0.5)
     assert s == pytest.approx([2 / 3, 0.5, 0.5 * 0.5 / 1.5])
     assert final_scores([2.0, 1.0], [0.3, -0.9], 0.0) == pytest.approx([1.0, 0.5])
+    assert effective_weight(0.5, 2) == pytest.approx(0.5 / 11) and effective_weight(0.5, 10) == pytest.approx(
+        0.5 * 45 / 55)
 
 
 def test_selection_round_trip_and_consumers(baseline, tiny_host, tmp_path):

@@ -24,12 +24,14 @@ the same noisy latents).
    a CLIP vision model is given, else the offline VAE-Gram distance). A layer whose responses separate the images
    the way the style model does carries style. Needs N >= 3 images (3 pairs); otherwise, or when either side is
    constant, C_l is undefined (reported as null) and counts as 0.
-3. Final score, with lambda = ``correlation_weight`` in [0, 1] (default 0.5)::
+3. Final score, with lambda = ``correlation_weight`` in [0, 1] (default 0.5) shrunk by the evidence, P = N(N-1)/2
+   image pairs (a Spearman coefficient over 3 pairs is nearly noise, over 45 it means something)::
 
-       score_l = S^_l * (1 + lambda * C_l) / (1 + lambda)
+       lambda_eff = lambda * P / (P + 10)
+       score_l    = S^_l * (1 + lambda_eff * C_l) / (1 + lambda_eff)
 
-   Sensitivity decides; the correlation scales it by a factor between (1 - lambda) / (1 + lambda) (responses
-   anti-correlated with style) and 1 (perfectly correlated). lambda = 0 ranks by sensitivity alone.
+   Sensitivity decides; the correlation scales it by a factor between (1 - lambda_eff) / (1 + lambda_eff)
+   (responses anti-correlated with style) and 1 (perfectly correlated). lambda = 0 ranks by sensitivity alone.
 
 Also reported: ``strength`` = mean RMS of ``A_l^style`` (activation strength, informational). Everything runs inside
 ``host.borrowed()`` under ``torch.no_grad()``; forward hooks are registered on the attn2 modules listed by
@@ -160,8 +162,15 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float((ra * rb).sum() / den)
 
 
+def effective_weight(weight: float, n_images: int) -> float:
+    """lambda_eff = lambda * P / (P + 10) with P = n(n-1)/2 image pairs."""
+    pairs = n_images * (n_images - 1) / 2
+    return float(weight) * pairs / (pairs + 10.0)
+
+
 def final_scores(sensitivity: list[float], correlation: list[float | None], weight: float) -> list[float]:
-    """score_l = S^_l (1 + weight C_l) / (1 + weight), S^ = S / max S, undefined C counting as 0."""
+    """score_l = S^_l (1 + weight C_l) / (1 + weight), S^ = S / max S, undefined C counting as 0
+    (``weight`` is lambda_eff)."""
     top = max(sensitivity) if sensitivity else 0.0
     out = []
     for s, c in zip(sensitivity, correlation):
@@ -283,7 +292,7 @@ def analyse_layers(host, images, settings: AnalysisSettings | None = None, descr
     sens = per_t.mean(1).tolist()
     corr = [spearman(condensed(torch.cdist(st / (len(ts) * n_seeds), st / (len(ts) * n_seeds))), pairs)
             for st in stats]
-    weight = float(settings.correlation_weight)
+    weight = effective_weight(settings.correlation_weight, n)
     scores = final_scores(sens, corr, weight)
     top = max(sens) if max(sens) > 0 else 1.0
     try:
@@ -296,7 +305,7 @@ def analyse_layers(host, images, settings: AnalysisSettings | None = None, descr
     rows.sort(key=lambda r: (-round(r.score, 12), order_key(r.name)))
     for k, r in enumerate(rows):
         r.rank = k + 1
-    meta = {**asdict(settings), "timesteps": ts}
+    meta = {**asdict(settings), "timesteps": ts, "effective_correlation_weight": round(weight, 6)}
     return LayerAnalysis(rows, ts, meta, getattr(desc, "name", type(desc).__name__),
                          getattr(host, "family", "unknown"), n, notes)
 

@@ -30,7 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=d.size, help="analysis resolution in px (default 512)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per UNet call")
     parser.add_argument("--correlation-weight", type=float, default=d.correlation_weight,
-                        help="lambda in score = S^ (1 + lambda C) / (1 + lambda); 0 = sensitivity only")
+                        help="lambda of score = S^ (1 + l C) / (1 + l), l = lambda P / (P + 10) for P image "
+                             "pairs; 0 = rank by sensitivity only (default 0.5)")
     parser.add_argument("--clip", default=None, metavar="FOLDER",
                         help="a local CLIP vision model folder as the style model (default: offline VAE-Gram)")
     parser.add_argument("--preset", default=None, choices=list(PRESETS),

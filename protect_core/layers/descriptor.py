@@ -5,13 +5,13 @@ A descriptor is anything with ``name`` and ``distances(images01) -> (N, N)`` (sy
 with ``embed(images01) -> (N, D)``):
 
 * :class:`VaeGramDescriptor` (offline default, no download): Gram statistics of the host model's own VAE-encoder
-  features, i.e. the posterior mean ``z`` (4 channels at 1/8 resolution) of each image. Features, per image:
-  the channel means of ``z`` (palette), the channel Gram matrix of ``z`` (centred per channel) and the Gram matrices of its 3x3 neighbourhoods (each
-  latent pixel's 3x3x4 = 36-vector, centred), at the latent's resolution and at half of it; upper triangles
-  concatenated. Gram matrices drop *where* things are and keep texture, colour and stroke statistics (Gatys et
-  al.), which is what a style descriptor needs. Every feature is standardised over the N images (std floored at
-  10% of the mean std, so constant features cannot blow up) and the distance is the Euclidean distance divided by
-  sqrt(D).
+  features, i.e. the posterior mean ``z`` (4 channels at 1/8 resolution) of each image. Features, per image: the
+  channel means of ``z`` (palette), the channel Gram matrix of ``z`` (centred per channel), and the Gram matrices
+  of its 3x3 neighbourhoods (each latent pixel's 3x3x4 = 36-vector, centred) at the latent's resolution and at
+  half of it; upper triangles concatenated. Gram matrices drop *where* things are and keep texture, colour and
+  stroke statistics (Gatys et al.), which is what a style descriptor needs. Every feature is standardised over the
+  N images (std floored at 10% of the mean std, so constant features cannot blow up) and the distance is the
+  Euclidean distance divided by sqrt(D).
 * :class:`ClipDescriptor`: the image embedding of a CLIP vision model the user already has (a transformers folder
   or model object, or a ComfyUI ``CLIP_VISION`` object with ``encode_image``); nothing is downloaded. Distance:
   1 - cosine similarity.
