@@ -38,6 +38,25 @@ def impress_objective(host, x01, protected01, alpha: float, eps: float, kind: st
     return cons + alpha * (perc - eps).clamp(min=0), cons, perc
 
 
+class Adam:
+    """Plain Adam (Kingma & Ba) on one tensor; small enough to keep here, and it avoids importing torch.optim
+    (which pulls in torch._dynamo, seconds of start-up on a small CPU)."""
+
+    def __init__(self, shape_like: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.m = torch.zeros_like(shape_like)
+        self.v = torch.zeros_like(shape_like)
+        self.b1, self.b2, self.eps, self.t = betas[0], betas[1], eps, 0
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        self.t += 1
+        self.m.mul_(self.b1).add_(grad, alpha=1 - self.b1)
+        self.v.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
+        m_hat = self.m / (1 - self.b1 ** self.t)
+        v_hat = self.v / (1 - self.b2 ** self.t)
+        x.sub_(lr * m_hat / (v_hat.sqrt() + self.eps))
+
+
 def cosine_lr(lr: float, step: int, total: int) -> float:
     """Cosine decay from ``lr`` (step 0) to 0 (after the last step)."""
     return lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
@@ -82,18 +101,14 @@ class Impress(Purifier):
         if params["start_noise"] > 0:
             noise = torch.randn(x.shape, generator=generator).to(x)
             x = (x + float(params["start_noise"]) * noise).clamp(0, 1)
-        x.requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=float(params["lr"]))
+        opt = Adam(x)
         for step in range(total):
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(float(params["lr"]), step, total)
-            opt.zero_grad(set_to_none=True)
-            obj, _, _ = impress_objective(host, x, protected, alpha, eps, kind)
-            obj.sum().backward()
-            opt.step()
-            with torch.no_grad():
-                x.clamp_(0, 1)
-            progress.step(loss=float(obj.mean()))
+            xg = x.detach().requires_grad_(True)
+            obj, _, _ = impress_objective(host, xg, protected, alpha, eps, kind)
+            (grad,) = torch.autograd.grad(obj.sum(), xg)
+            opt.step(x, grad, cosine_lr(float(params["lr"]), step, total))
+            x.clamp_(0, 1)
+            progress.step(loss=float(obj.detach().mean()))
         x = x.detach()
         with torch.no_grad():
             end, cons1, perc1 = impress_objective(host, x, protected, alpha, eps, kind)
