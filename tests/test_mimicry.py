@@ -55,10 +55,11 @@ def test_report_has_every_condition_and_files_are_written(tiny_host, art, integr
     assert set(data["conditions"]) == {"base", "clean", "cloaked", "purified"}
     assert data["settings"]["steps"] == 2 and data["settings"]["lr"] == 1e-3
     assert "gain" in data["sanity_check"] and data["verdict"]
+    assert data["ceiling_clean_vae_roundtrip"]["style_similarity"]["n"] == 3
     from PIL import Image
 
     with Image.open(paths["png"]) as im:
-        assert im.format == "PNG" and im.size[1] > 5 * 64  # 5 rows of thumbnails + chart
+        assert im.format == "PNG" and im.size[1] > 6 * 64  # 6 rows of thumbnails + chart
     assert len(list((tmp_path / "rep" / "samples").glob("*.png"))) == 8
     assert not list((tmp_path / "rep").glob(".*"))  # no temporary files left behind
 
@@ -70,7 +71,8 @@ def test_fine_tune_that_cannot_learn_is_inconclusive(tiny_host, art, kw):
     # nothing was learned: the "fine-tuned" model is the base model, sample for sample
     assert torch.equal(report.images["clean"], report.images["base"])
     assert not report.sanity["passed"] and report.sanity["gain"] == 0
-    assert report.verdict == INCONCLUSIVE
+    assert report.verdict == INCONCLUSIVE and report.sanity["diagnosis"]
+    assert set(report.ceiling) >= {"style_similarity", "nearest_centroid"}
     assert report.conditions["cloaked"]["verdict"] == INCONCLUSIVE
     assert INCONCLUSIVE in report.to_json()
 

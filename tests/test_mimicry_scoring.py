@@ -91,6 +91,14 @@ def test_sanity_check_rule():
     assert not small_gain["passed"] and small_gain["message"] == scoring.INCONCLUSIVE
     noisy = scoring.sanity_check(torch.tensor([-1.0, 1.0, -1.0, 1.0]), torch.tensor([-0.8, 1.2, -0.8, 1.2]), 0.05)
     assert not noisy["passed"]  # gain 0.2 > margin, but within two standard errors
+    vae_bound = scoring.sanity_check(base, base + 0.01, 0.05, ceiling_sims=base + 0.02)
+    assert "VAE cannot reproduce" in vae_bound["diagnosis"]
+    weak = scoring.sanity_check(base, base + 0.01, 0.05, ceiling_sims=base + 0.5)
+    assert "too weak" in weak["diagnosis"] and weak["ceiling_gain"] == pytest.approx(0.5)
+    assert "diagnosis" not in scoring.sanity_check(base, base + 0.3, 0.05, ceiling_sims=base + 0.5)
+    unrepresentable = scoring.sanity_check(base, base + 0.3, 0.05, ceiling_sims=base + 0.5, ceiling_artist_share=0.25)
+    assert not unrepresentable["passed"] and "VAE cannot reproduce" in unrepresentable["diagnosis"]
+    assert scoring.sanity_check(base, base + 0.3, 0.05, ceiling_sims=base + 0.5, ceiling_artist_share=1.0)["passed"]
 
 
 def test_verdicts_follow_protection_effect():

@@ -31,6 +31,8 @@ class MimicryReport:
     seconds: float
     images: dict = field(default_factory=dict, repr=False)       # name -> (N, 3, S, S) in [0, 1]
     clean_preview: torch.Tensor | None = field(default=None, repr=False)
+    ceiling: dict = field(default_factory=dict)                  # scores of the clean art's VAE round trip
+    ceiling_images: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def inconclusive(self) -> bool:
@@ -38,7 +40,8 @@ class MimicryReport:
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "sanity_check": self.sanity, "conditions": self.conditions,
-                "references": self.references, "embedder": self.embedder, "settings": self.settings,
+                "ceiling_clean_vae_roundtrip": self.ceiling, "references": self.references,
+                "embedder": self.embedder, "settings": self.settings,
                 "model": self.model, "seconds": self.seconds}
 
     def to_json(self) -> str:
@@ -89,6 +92,8 @@ def _rows(report: MimicryReport) -> list[tuple[str, torch.Tensor]]:
     rows = []
     if report.clean_preview is not None:
         rows.append(("artist (clean)", report.clean_preview))
+    if report.ceiling_images is not None:
+        rows.append(("clean via VAE", report.ceiling_images))
     rows += [(name, imgs) for name, imgs in report.images.items()]
     return rows
 
@@ -99,6 +104,10 @@ def _bars(report: MimicryReport) -> list[tuple[str, list[float | None]]]:
     for name, row in report.conditions.items():
         cls = row.get("classifier", {}).get("protection_success_rate")
         out.append((name, [row["style_similarity"]["mean"], row["nearest_centroid"]["protection_success_rate"], cls]))
+    if report.ceiling:
+        cls = report.ceiling.get("classifier", {}).get("protection_success_rate")
+        out.append(("ceiling: clean via VAE", [report.ceiling["style_similarity"]["mean"],
+                                               report.ceiling["nearest_centroid"]["protection_success_rate"], cls]))
     return out
 
 

@@ -1,7 +1,8 @@
 """``run_mimicry_test``: fine-tune per training set, generate with fixed prompts and seeds, score against clean art.
 
 Conditions, side by side in one run: ``base`` (no fine-tune), ``clean`` (fine-tuned on the artist's clean images)
-and one per named training set (cloaked, purified cloaked, ...). Every fine-tune starts from the same host weights
+and one per named training set (cloaked, purified cloaked, ...). The *ceiling* -- the clean art passed through the
+model's own VAE (encode, decode) -- is scored too: no fine-tune of the UNet can produce more of the style than that. Every fine-tune starts from the same host weights
 with the same seed, and every condition generates from the same prompts and noise seeds, so the only difference
 between conditions is the training data. The host is borrowed for the whole run and comes back unchanged, also on
 failure or cancellation (nothing is written by this function; :meth:`MimicryReport.save` writes the card).
@@ -22,6 +23,7 @@ from .settings import MimicrySettings
 from .style import DescriptorEmbedder, StyleEmbedder, stack_images
 
 RESERVED = ("base", "clean")
+CEILING = "clean_vae_roundtrip"
 
 
 def _chunks(settings: MimicrySettings, n: int) -> list[tuple[int, int]]:
@@ -136,31 +138,43 @@ def run_mimicry_test(host, clean_images, train_sets: Mapping[str, object],
                 "finetune_steps_per_s": round(settings.steps / max(t1 - t0, 1e-9), 3),
                 "sampling_s_per_image": _per(t1, settings.samples)}
 
+        ceiling_images = vae_roundtrip(host, clean, settings.batch_size)
         embedder = embedder or DescriptorEmbedder(host, seed=settings.seed)
         embedder.fit(torch.cat([clean, *refs.values()]))
         ref_emb = {"artist": embedder.embed(clean), **{n: embedder.embed(v) for n, v in refs.items()}}
-        gen_emb = {name: embedder.embed(imgs) for name, imgs in images.items()}
+        gen_emb = {name: embedder.embed(imgs) for name, imgs in {**images, CEILING: ceiling_images}.items()}
     nc = scoring.NearestCentroid(ref_emb, "artist")
     centre = scoring.centroid(ref_emb["artist"])
-    sims = {}
-    for name, imgs in images.items():
-        emb = gen_emb[name]
-        sims[name] = scoring.similarity_to(emb, centre)
-        row = conditions[name]
+    sims, ceiling = {}, {}
+    for name, imgs in {**images, CEILING: ceiling_images}.items():
+        sims[name] = scoring.similarity_to(gen_emb[name], centre)
+        row = conditions.setdefault(name, {}) if name != CEILING else ceiling
         row["style_similarity"] = scoring.summary(sims[name])
-        row["nearest_centroid"] = scoring.attribution_scores(nc, emb)
+        row["nearest_centroid"] = scoring.attribution_scores(nc, gen_emb[name])
         if classifier is not None:
             row["classifier"] = scoring.classifier_scores(classifier, imgs, classifier_artist_index)
     for name, data in train_sets.items():
         conditions[name]["imperceptibility"] = _pair_metrics(clean_images, data)
-    sanity = scoring.sanity_check(sims["base"], sims["clean"], settings.sanity_margin)
+    sanity = scoring.sanity_check(sims["base"], sims["clean"], settings.sanity_margin, sims[CEILING],
+                                  ceiling["nearest_centroid"]["artist_share"])
     _verdicts(conditions, sanity)
     return MimicryReport(
         settings=settings.to_dict(), model=host.describe(), embedder=getattr(embedder, "name", "custom"),
         references={"artist": len(clean), **{n: len(v) for n, v in refs.items()},
                     "nearest_centroid_reference_accuracy": round(nc.training_accuracy(ref_emb), 6)},
         conditions=conditions, sanity=sanity, verdict=_overall(conditions, sanity),
-        seconds=round(time.perf_counter() - t_start, 3), images=images, clean_preview=clean)
+        seconds=round(time.perf_counter() - t_start, 3), images=images, clean_preview=clean,
+        ceiling=ceiling, ceiling_images=ceiling_images)
+
+
+@torch.no_grad()
+def vae_roundtrip(host, images01: torch.Tensor, batch: int) -> torch.Tensor:
+    """decode(encode(x)) of the clean art: the best any fine-tune of this model's UNet could produce."""
+    out = []
+    for i in range(0, images01.shape[0], batch):
+        z = host.encode(images01[i:i + batch].to(host.device) * 2 - 1)
+        out.append(((host.decode(z) + 1) / 2).clamp(0, 1).cpu())
+    return torch.cat(out)
 
 
 def _per(t0: float, n: int) -> float:

@@ -59,9 +59,16 @@ def format_table(report) -> str:
                      f"{r['nearest_centroid']['protection_success_rate']:.2f} | {c.get('artist_share', float('nan')):.2f}"
                      f" | {c.get('artist_probability', {}).get('mean', float('nan')):.3f} | {r.get('final_loss')} | "
                      f"{r['verdict']} |")
+    ce = report.ceiling
+    if ce:
+        c = ce.get("classifier", {})
+        lines.append(f"| ceiling: clean via VAE | {ce['style_similarity']['mean']:.3f} | "
+                     f"{ce['nearest_centroid']['protection_success_rate']:.2f} | "
+                     f"{c.get('artist_share', float('nan')):.2f} | "
+                     f"{c.get('artist_probability', {}).get('mean', float('nan')):.3f} |  | upper bound |")
     s = report.sanity
     lines.append(f"\nsanity: gain {s['gain']:.3f} (margin {s['margin']}, 2 x stderr {2 * s['stderr']:.3f}) -> "
-                 f"{'passed' if s['passed'] else 'FAILED'}; {report.seconds:.0f} s")
+                 f"{'passed' if s['passed'] else 'FAILED'}; {s.get('diagnosis', '')}; {report.seconds:.0f} s")
     return "\n".join(lines)
 
 
