@@ -56,9 +56,9 @@ def format_table(report) -> str:
         c = r.get("classifier", {})
         sim = r["style_similarity"]
         lines.append(f"| {name} | {sim['mean']:.3f} +- {sim['stderr']:.3f} | "
-                     f"{r['nearest_centroid']['protection_success_rate']:.2f} | {c.get('artist_share', float('nan')):.2f}"
-                     f" | {c.get('artist_probability', {}).get('mean', float('nan')):.3f} | {r.get('final_loss')} | "
-                     f"{r['verdict']} |")
+                     f"{r['nearest_centroid']['protection_success_rate']:.2f} | "
+                     f"{c.get('artist_share', float('nan')):.2f} | {c.get('artist_probability', {}).get('mean', float('nan')):.3f} | "
+                     f"{r.get('final_loss')} | {r['verdict']} |")
     ce = report.ceiling
     if ce:
         c = ce.get("classifier", {})
