@@ -57,7 +57,8 @@ def format_table(report) -> str:
         sim = r["style_similarity"]
         lines.append(f"| {name} | {sim['mean']:.3f} +- {sim['stderr']:.3f} | "
                      f"{r['nearest_centroid']['protection_success_rate']:.2f} | "
-                     f"{c.get('artist_share', float('nan')):.2f} | {c.get('artist_probability', {}).get('mean', float('nan')):.3f} | "
+                     f"{c.get('artist_share', float('nan')):.2f} | "
+                     f"{c.get('artist_probability', {}).get('mean', float('nan')):.3f} | "
                      f"{r.get('final_loss')} | {r['verdict']} |")
     ce = report.ceiling
     if ce:
