@@ -4,8 +4,9 @@ Conditions, side by side in one run: ``base`` (no fine-tune), ``clean`` (fine-tu
 and one per named training set (cloaked, purified cloaked, ...). The *ceiling* -- the clean art passed through the
 model's own VAE (encode, decode) -- is scored too: no fine-tune of the UNet can produce more of the style than
 that. Every fine-tune starts from the same host weights with the same seed, and every condition generates from the
-same prompts and noise seeds, so the only difference between conditions is the training data. The host is borrowed for the whole run and comes back unchanged, also on
-failure or cancellation (nothing is written by this function; :meth:`MimicryReport.save` writes the card).
+same prompts and noise seeds, so the only difference between conditions is the training data. The host is
+borrowed for the whole run and comes back unchanged, also on failure or cancellation (nothing is written by this
+function; :meth:`MimicryReport.save` writes the card).
 """
 from __future__ import annotations
 
