@@ -59,15 +59,21 @@ def register(cls: type[Purifier]) -> type[Purifier]:
     return cls
 
 
+_DISCOVERED = False
+
+
 def _discover() -> None:
+    """Import every module of ``purify/methods`` once (importing one directly must not hide the others)."""
+    global _DISCOVERED
     from . import methods
 
     for info in pkgutil.iter_modules(methods.__path__):
         importlib.import_module(f"{methods.__name__}.{info.name}")
+    _DISCOVERED = True
 
 
 def available_purifiers() -> dict[str, type[Purifier]]:
-    if not PURIFIERS:
+    if not _DISCOVERED:
         _discover()
     return dict(sorted(PURIFIERS.items()))
 
