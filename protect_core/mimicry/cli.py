@@ -140,4 +140,7 @@ def run(args, host) -> dict:
                 "protection_success_rate": r["nearest_centroid"]["protection_success_rate"],
                 "protection_effect": r.get("protection_effect"), "verdict": r["verdict"]}
             for n, r in report.conditions.items()}
-    return {"verdict": report.verdict, "sanity_check": report.sanity, "conditions": rows, "report": paths}
+    ceiling = {"style_similarity": report.ceiling["style_similarity"]["mean"],
+               "artist_share": report.ceiling["nearest_centroid"]["artist_share"]}
+    return {"verdict": report.verdict, "sanity_check": report.sanity, "conditions": rows,
+            "ceiling_clean_vae_roundtrip": ceiling, "report": paths}
