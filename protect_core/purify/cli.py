@@ -130,7 +130,7 @@ def run(args, host) -> dict:
             same = out.shape[-2:] == img.rgb.shape[-2:]
             notes = save_image(dst, out[0], like=img if same else None)  # alpha cannot follow a size change
             row.update(status="written", width=int(out.shape[-1]), height=int(out.shape[-2]),
-                       psnr_to_input=round(float(psnr(quantize(out[0]), img.rgb)), 3) if same else None,
+                       psnr_to_input=round(float(psnr(quantize(out), img.rgb[None])), 3) if same else None,
                        seconds=round(time.perf_counter() - t0, 3), warnings=list(img.warnings) + list(notes),
                        stages=[{k2: v for k2, v in st.items() if k2 != "params"} for st in info["chain"]])
     finally:
