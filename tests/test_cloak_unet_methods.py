@@ -17,9 +17,7 @@ import torch
 from protect_core.cloak.base import get_method
 from protect_core.cloak.optimize import optimize
 from protect_core.cloak.presets import settings_for
-from protect_core.cloak.surrogate import (STYLEPROTECT_SD15_LAYERS, choose_style_layers, latents_of,
-                                          target_noise_loss, target_pattern)
-from protect_core.diffusion import denoising_loss
+from protect_core.cloak.surrogate import STYLEPROTECT_SD15_LAYERS, choose_style_layers, latents_of, target_pattern
 from protect_core.errors import Cancelled
 from protect_core.progress import CancelToken, Progress
 
@@ -62,27 +60,12 @@ def _settings(name, **kw):
     return dataclasses.replace(s, step_size=s.eps / 2)   # reach the budget within the few test steps
 
 
-def _fixed_denoising_loss(host, x, cond, overrides, draws=16):
-    """Denoising loss of images ``x`` with a fixed generator (the same t and noise for every call)."""
+def _attack_measure(host, method, x, draws=16):
+    """What the method pushes UP: minus its own attack loss under its final surrogate, with fixed t and noise
+    (denoising loss for the AdvDM-type methods, minus the target loss for mist2, minus the fused loss for mist)."""
     with host.borrowed(), torch.no_grad():
-        z = latents_of(host, x).repeat(draws, 1, 1, 1)
-        return float(denoising_loss(host, z, cond, torch.Generator().manual_seed(77), weight_overrides=overrides))
-
-
-def _attack_measure(host, method, x, name):
-    """The quantity the method pushes UP, evaluated under its final surrogate with fixed randomness."""
-    with host.borrowed():
-        cond = host.encode_text(["a painting in sks style"])
         over = method.surrogate_overrides()
-        if name == "mist2":
-            with torch.no_grad():
-                z = latents_of(host, x).repeat(16, 1, 1, 1)
-                loss = target_noise_loss(host, z, cond, method.target, torch.Generator().manual_seed(77), over)
-            return -float(loss)                    # mist2 pulls the predicted noise TOWARD the target
-        if name == "mist":
-            with torch.no_grad():
-                return -float((latents_of(host, x) - method.target).pow(2).mean())  # textural: toward target
-    return _fixed_denoising_loss(host, x, cond, over)
+        return -float(method.attack_loss(host, x, torch.Generator().manual_seed(77), over, draws))
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -96,7 +79,7 @@ def test_attack_moves_objective_within_budget_and_trains_privately(name, host, r
     assert (out - x).abs().max() <= s.eps + 1e-6
     assert (out - x).abs().max() > 1 / 255, "nothing was changed"
     assert torch.equal(torch.round(out * 255) / 255, out)
-    assert _attack_measure(host, method, out, name) > _attack_measure(host, method, x, name)
+    assert _attack_measure(host, method, out) > _attack_measure(host, method, x)
     assert info["objective_after"] < info["objective_before"], info
     assert method.info["method"] == name
     chk.assert_unchanged()
@@ -256,6 +239,18 @@ def test_default_layer_choice_preset_partial_and_positional(tiny_host):
     assert default_layers(tiny_host) == chosen
 
 
+def test_mist_textural_mode_pulls_the_latent_to_the_pattern(host, rng_images):
+    x = rng_images(1, 32, 32, seed=7)
+    method = get_method("mist")
+    out, _ = optimize(host, method, x, _settings("mist", options={"mode": "textural"}))
+
+    def distance(img):
+        with host.borrowed(), torch.no_grad():
+            return float((latents_of(host, img) - method.target).pow(2).mean())
+
+    assert distance(out) < 0.99 * distance(x)
+
+
 def test_target_pattern_is_seeded_high_contrast():
     a, b, c = target_pattern(32, 48, 0), target_pattern(32, 48, 0), target_pattern(32, 48, 1)
     assert a.shape == (1, 3, 32, 48) and torch.equal(a, b) and not torch.equal(a, c)
@@ -284,12 +279,13 @@ def test_options_are_validated(name, options, match, host, rng_images, integrity
 def test_works_on_v_prediction_and_xl(name, flavour, rng_images, integrity):
     host = _FLAVOURS.setdefault(flavour, calibrated_host(flavour))
     chk = integrity(host)
-    x = rng_images(2, 32, 32, seed=6)
+    x = rng_images(1, 32, 32, seed=6)
     method = get_method(name)
-    out, info = optimize(host, method, x, _settings(name, steps=4))
+    # the tiny-xl UNet's loss depends more weakly on the image: 16 draws per step keep the 4-step ascent reliable
+    out, info = optimize(host, method, x, _settings(name, steps=4, options={"samples": 16}))
     chk.assert_unchanged()
     assert (out - x).abs().max() <= _settings(name).eps + 1e-6
-    assert _attack_measure(host, method, out, name) > _attack_measure(host, method, x, name)
+    assert _attack_measure(host, method, out) > _attack_measure(host, method, x)
 
 
 _FLAVOURS: dict = {}
