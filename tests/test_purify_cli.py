@@ -69,3 +69,21 @@ def test_list_methods(capsys):
     code, summary, _ = run_cli(["--list-methods"], capsys)
     names = {p["name"] for p in summary["purifiers"]}
     assert code == 0 and {"impress", "gridpure", "bilateral_guided"} <= names
+
+
+def test_presets_then_params_then_shortcuts():
+    from argparse import Namespace
+
+    from protect_core.purify.cli import build_chain
+
+    def ns(**kw):
+        base = dict(method=None, chain=None, param=[], strength=None, iterations=None, preset="default")
+        return Namespace(**{**base, **kw})
+
+    assert build_chain(ns(chain="impress,gridpure", preset="quick")) == [
+        ("impress", {"iterations": 300}), ("gridpure", {"iterations": 5})]
+    chain = build_chain(ns(chain="impress,gridpure", preset="quick", param=["gridpure.iterations=7"],
+                           iterations=None))
+    assert chain[1][1]["iterations"] == 7 and chain[0][1]["iterations"] == 300
+    assert build_chain(ns(method="gridpure", param=["gamma=0.2", "prompt=a cat"], iterations=3)) == [
+        ("gridpure", {"gamma": 0.2, "prompt": "a cat", "iterations": 3})]
