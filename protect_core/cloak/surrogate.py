@@ -220,10 +220,14 @@ class SurrogateAttack(CloakMethod):
         return -denoising_loss(host, z, self.cond, generator, self.t_range, overrides)
 
     def loss(self, host, x, step, generator):
-        return self.attack_loss(host, x, generator, detached(self.attack_overrides()), self.samples)
+        with torch.no_grad():   # the image step needs no gradient to the surrogate's weights
+            over = detached(self.attack_overrides())
+        return self.attack_loss(host, x, generator, over, self.samples)
 
     def objective(self, host, x, step, generator):
-        return self.attack_loss(host, x, generator, detached(self.reference_overrides()), self.objective_samples)
+        with torch.no_grad():
+            over = detached(self.reference_overrides())
+        return self.attack_loss(host, x, generator, over, self.objective_samples)
 
     def _check(self) -> None:
         check = getattr(self, "cancel_check", None)
