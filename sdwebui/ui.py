@@ -93,6 +93,17 @@ def _state():
         return None
 
 
+def interrupt() -> None:
+    """The tab's Interrupt button: the running job stops within one step and writes nothing."""
+    state = _state()
+    if state is None:
+        return
+    if callable(getattr(state, "interrupt", None)):
+        state.interrupt()
+    else:
+        state.interrupted = True
+
+
 def _status(kind: str, text: str) -> str:
     colour = {"ok": "#2e7d32", "error": "#c62828", "cancel": "#ef6c00"}[kind]
     return f"<p style='color:{colour}'>{html.escape(text)}</p>"
@@ -172,7 +183,8 @@ def mimicry_click(task_id, clean_files, clean_folder, train_files, train_folder,
 
 # ---------------------------------------------------------------------------------------------------- layout
 def _click(button, fn, inputs, outputs, section: str) -> None:
-    """``button.click`` through the GPU queue, with the JS that gives the job a task id (``_js`` in Gradio 3)."""
+    """``button.click`` through the GPU queue, with the JS that gives the job a task id (``_js`` in Gradio 3), and
+    an Interrupt button next to it (not queued, so it runs while the job holds the queue)."""
     import gradio as gr
 
     from .bridge import gpu_call
@@ -180,6 +192,8 @@ def _click(button, fn, inputs, outputs, section: str) -> None:
     key = "_js" if int(gr.__version__.split(".")[0]) < 4 else "js"
     button.click(fn=gpu_call(fn, len(outputs)), inputs=inputs, outputs=outputs,
                  **{key: f"stylecloak_submit_{section}"})
+    stop = gr.Button("Interrupt", elem_id=f"stylecloak_{section}_interrupt")
+    stop.click(fn=interrupt, inputs=[], outputs=[])
 
 
 def _images_input(gr, label: str, section: str):

@@ -148,6 +148,8 @@ def test_script_registers_tab_and_settings(monkeypatch, tmp_path):
     assert js == ["stylecloak_submit_cloak", "stylecloak_submit_layers", "stylecloak_submit_mimicry",
                   "stylecloak_submit_purify"]
     assert sorted(len(e) for e in web.wrapped) == [3, 3, 3, 4]  # error outputs: all but the status HTML
+    stops = [d for d in deps if not d.get("inputs") and not d.get("outputs")]
+    assert len(stops) == 4  # one Interrupt button per section
     source = (ROOT / "javascript" / "stylecloak.js").read_text()
     assert all(f"function {name}(" in source for name in js)
 
@@ -177,6 +179,14 @@ def test_cloak_click_through_the_gpu_queue(monkeypatch, tmp_path, art, integrity
     assert "Interrupted" in status
     assert len(list((tmp_path / "out").iterdir())) == 1  # only the first job's folder
     check.assert_unchanged()
+
+
+def test_interrupt_button_sets_the_flag(monkeypatch, tmp_path):
+    from sdwebui import ui
+
+    web = fake_webui(monkeypatch, None, tmp_path)
+    ui.interrupt()
+    assert web.shared.state.interrupted
 
 
 def test_errors_become_a_status_message(monkeypatch, tmp_path, art):
