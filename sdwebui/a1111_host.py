@@ -57,7 +57,9 @@ class A1111Host(LdmHost):
             ac = getattr(sd_model, "alphas_cumprod", None)
         if ac is None:
             raise ModelError("the loaded model has no alphas_cumprod (not a discrete-time diffusion model)")
-        text = getattr(sd_model, "conditioner", None) or getattr(sd_model, "cond_stage_model", None)
+        text = getattr(sd_model, "conditioner", None)  # SDXL; SD 1.x / 2.x keep theirs in cond_stage_model
+        if text is None:
+            text = getattr(sd_model, "cond_stage_model", None)
         super().__init__(unet, getattr(sd_model, "first_stage_model", None), text, alphas_cumprod=ac,
                          prediction_type=getattr(sd_model, "parameterization", "eps"),
                          latent_scale=float(getattr(sd_model, "scale_factor", 0.18215)),

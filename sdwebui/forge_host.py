@@ -32,7 +32,9 @@ _UNSUPPORTED = {"EDM", "CONST", "X0", "IMG_TO_IMG", "V_PREDICTION_EDM", "COSMOS_
 
 def read_sampling(base) -> tuple[str, torch.Tensor]:
     """(prediction type, alphas_cumprod) from a Forge model's ``predictor`` or ``model_sampling``."""
-    s = getattr(base, "predictor", None) or getattr(base, "model_sampling", None)
+    s = getattr(base, "predictor", None)
+    if s is None:
+        s = getattr(base, "model_sampling", None)
     if s is None:
         raise ModelError("the model has no predictor/model_sampling; StyleCloak needs an SD 1.x / 2.x / XL model")
     names = {c.__name__ for c in type(s).__mro__}
