@@ -3,7 +3,9 @@
     python -m protect_core.toy.train --out DIR [--steps-vae N --steps-unet N --steps-clf N --size 32 --quick]
 
 1. VAE (``AutoencoderKL``, tiny config): L1 + MSE reconstruction and a small KL term, on fresh renders of the
-   trained (non-held-out) styles; then ``scaling_factor`` = 1 / std of the latents.
+   trained (non-held-out) styles, half of them hue-rotated, plus style-less random colour fields
+   (:func:`.styles.render_generic`), so that it is a generic codec that also encodes the held-out style it never
+   saw (as SD's VAE encodes any artist); then ``scaling_factor`` = 1 / std of the latents.
 2. UNet + CLIP text encoder, jointly: eps-prediction DDPM loss with the SD schedule, 10% of captions dropped to ""
    (for classifier-free guidance), on a fixed pool of encoded renders of the trained styles; EMA weights are saved.
    The text encoder is trained jointly (it is 35k parameters and learns the 9 captions in a few hundred steps,
@@ -12,7 +14,8 @@
 
 Writes a diffusers pipeline folder (safetensors only) plus ``classifier.safetensors``, ``config.json`` (the toy
 world: size, styles, held-out style) and ``train_log.json`` (losses, seconds), then prints the prompt-control table
-of :func:`protect_core.toy.evaluate.evaluate_toy`. Budgets are in steps, not seconds.
+of :func:`protect_core.toy.evaluate.evaluate_toy`. Budgets are in steps, not seconds. On a busy machine use
+``--threads 1``: two OpenMP threads competing with other processes for two cores ran 5-10x slower per step.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from . import configs
 from .styles import HELD_OUT, PROMPT_TEMPLATE, STYLES, TRAINED, prompt_for, render_generic, render_mixed
 
 FULL = dict(steps_vae=1800, steps_unet=2000, steps_clf=300, vae_per_style=2, vae_generic=6, unet_batch=144,
-            pool_per_style=512, lr_vae=2e-3, lr_unet=1e-3, kl_weight=1e-4)
+            pool_per_style=512, lr_vae=2e-3, lr_unet=1e-3, kl_weight=1e-4, ema=0.999)
 QUICK = dict(FULL, steps_vae=3, steps_unet=3, steps_clf=3, vae_per_style=1, vae_generic=2, unet_batch=18,
              pool_per_style=4)
 
@@ -151,7 +154,7 @@ def train_unet(pool, scale: float, tokenizer, steps: int, size: int, batch: int,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
+        d = min(ema_decay, (1 + step) / (10 + step))  # ema_decay 0: plain final weights
         for ema, mod in ((ema_u, unet), (ema_t, te)):
             for k, v in mod.state_dict().items():
                 ema[k].lerp_(v.detach(), 1 - d) if v.is_floating_point() else ema[k].copy_(v)
@@ -222,7 +225,8 @@ def train_all(out: Path, plan: dict, size: int = configs.DEFAULT_SIZE, seed: int
     vae.register_to_config(scaling_factor=scale)
     tok = load_tiny_tokenizer()
     unet, te, unet_hist = train_unet((means, stds, labels), scale, tok, plan["steps_unet"], size,
-                                     plan["unet_batch"], plan["lr_unet"], seed=seed, device=device, log=log)
+                                     plan["unet_batch"], plan["lr_unet"], ema_decay=plan["ema"], seed=seed,
+                                     device=device, log=log)
     times["unet"] = time.time() - t
     t = time.time()
     clf_net, clf_hist = train_classifier(plan["steps_clf"], size, seed=seed, device=device, log=log)
