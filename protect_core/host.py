@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -52,8 +53,15 @@ class Conditioning:
         return Conditioning(self.context.repeat_interleave(k, 0), pooled, dict(self.extras))
 
     def cat(self, other: "Conditioning") -> "Conditioning":
+        """Stack two conditionings batch-wise. Token lengths may differ (long prompts come in 77-token chunks): each
+        context is then repeated along the tokens to the least common multiple, which leaves cross-attention's
+        output unchanged (every key appears the same number of times)."""
+        a, b = self.context, other.context
+        if a.shape[1] != b.shape[1]:
+            n = math.lcm(a.shape[1], b.shape[1])
+            a, b = a.repeat(1, n // a.shape[1], 1), b.repeat(1, n // b.shape[1], 1)
         pooled = None if self.pooled is None else torch.cat([self.pooled, other.pooled])
-        return Conditioning(torch.cat([self.context, other.context]), pooled, dict(self.extras))
+        return Conditioning(torch.cat([a, b]), pooled, dict(self.extras))
 
 
 @dataclass(frozen=True)

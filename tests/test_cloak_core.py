@@ -221,3 +221,29 @@ def test_cli_cancel_leaves_no_partial_file_and_model_untouched(host, tmp_path, m
     assert rc == 130
     assert sorted(p.name for p in out.iterdir()) == ["a.png"], "only the finished image may exist"
     chk.assert_unchanged()
+
+
+def test_conditioning_cat_pads_token_lengths_without_changing_attention():
+    import torch.nn.functional as F
+
+    from protect_core.host import Conditioning
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 3, 8, generator=g), torch.randn(1, 2, 8, generator=g)
+    both = Conditioning(a).cat(Conditioning(b))
+    assert both.context.shape == (2, 6, 8)
+    q = torch.randn(2, 5, 8, generator=g)
+    for i, ctx in enumerate((a, b)):  # attention over the repeated tokens equals attention over the originals
+        ref = F.scaled_dot_product_attention(q[i:i + 1], ctx, ctx)
+        got = F.scaled_dot_product_attention(q[i:i + 1], both.context[i:i + 1], both.context[i:i + 1])
+        assert torch.allclose(ref, got, atol=1e-5)
+
+
+def test_method_discovery_not_hidden_by_a_direct_import():
+    import subprocess
+    import sys
+
+    code = ("import protect_core.cloak.methods.photoguard; from protect_core.cloak.base import available_methods;"
+            "print(len(available_methods()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) >= 10

@@ -2,7 +2,9 @@
 
 Accepted specs (nothing is ever fetched from a hub):
 
-* ``None`` / ``tiny`` / ``tiny-v`` / ``tiny-xl``: the seeded tiny test models (``None`` = the embedded default);
+* ``None`` / ``toy``: the embedded default, the trained toy model shipped in ``protect_core/assets/toy`` (see
+  :mod:`protect_core.toy`); ``None`` falls back to ``tiny`` with a warning if those files are missing;
+* ``tiny`` / ``tiny-v`` / ``tiny-xl``: the seeded (untrained) tiny test models;
 * ``sd15-random`` / ``sd2-random`` / ``sd2-v-random`` / ``sdxl-random``: full-size architectures with random weights
   (performance work only, see :mod:`protect_core.random_models`);
 * a diffusers pipeline folder (``model_index.json`` inside);
@@ -36,7 +38,8 @@ import torch
 
 from ..errors import ModelError
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "toy"
+FALLBACK_MODEL = "tiny"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 log = logging.getLogger("stylecloak.loading")
@@ -91,10 +94,20 @@ def quiet_libraries():
             tlog.enable_progress_bar()
 
 
+def _default_spec() -> str:
+    from ..toy.model import toy_available
+
+    if toy_available():
+        return DEFAULT_MODEL
+    log.warning("the shipped toy model is missing (protect_core/assets/toy); using the untrained %r model",
+                FALLBACK_MODEL)
+    return FALLBACK_MODEL
+
+
 def spec_options() -> str:
     from ..tiny_models import FLAVOURS
 
-    return (f"one of {', '.join(FLAVOURS + tuple(_random_specs()))}, a diffusers folder (with model_index.json), "
+    return (f"one of {', '.join(('toy',) + FLAVOURS + tuple(_random_specs()))}, a diffusers folder (with model_index.json), "
             f"or a .safetensors checkpoint")
 
 
@@ -110,9 +123,13 @@ def load_host(model: str | None = None, device: str = "cpu", dtype: str | torch.
 
     dt = _dtype(dtype)
     override = _prediction_type(kw.get("prediction_type"))
-    spec = str(model) if model is not None else DEFAULT_MODEL
+    spec = str(model) if model is not None else _default_spec()
     with quiet_libraries():
-        if spec in FLAVOURS:
+        if spec == "toy":
+            from ..toy.model import build_toy_host
+
+            host = build_toy_host(dtype=dt)
+        elif spec in FLAVOURS:
             host = build_tiny_host(spec, seed=kw.get("seed", 0), dtype=dt)
         elif spec in _random_specs():
             from ..random_models import build_random_host

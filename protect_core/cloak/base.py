@@ -84,15 +84,20 @@ def register(cls: type[CloakMethod]) -> type[CloakMethod]:
     return cls
 
 
+_DISCOVERED = False
+
+
 def _discover() -> None:
+    global _DISCOVERED
     from . import methods
 
+    _DISCOVERED = True
     for info in pkgutil.iter_modules(methods.__path__):
         importlib.import_module(f"{methods.__name__}.{info.name}")
 
 
 def available_methods() -> dict[str, type[CloakMethod]]:
-    if not METHODS:
+    if not _DISCOVERED:  # not "if not METHODS": a direct import of one method module must not hide the others
         _discover()
     return dict(sorted(METHODS.items()))
 

@@ -173,4 +173,6 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
     info = {"objective_before": before, "objective_after": after, "steps": steps,
             "seconds": time.perf_counter() - t0, "losses": losses,
             "perceptual": None if dist is None else [float(d) for d in dist]}
+    if getattr(method, "info", None):  # what the method chose (layers, LoRA rank, rounds...), JSON-able
+        info["method_info"] = dict(method.info)
     return cloaked.to(images01.device), info
