@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-NODE_MODULES = ("cloak_nodes", "layers_nodes", "purify_nodes", "mimicry_nodes")
+NODE_MODULES = ("io_nodes", "cloak_nodes", "layers_nodes", "purify_nodes", "mimicry_nodes")
 
 log = logging.getLogger("StyleCloak")
 

@@ -57,7 +57,7 @@ class CloakImage(io.ComfyNode):
         m = get_method(method)
         settings = settings_for(m, intensity, seed=seed, robust=robust, target_prompt=target_prompt or None,
                                 steps=steps or None, eps=(eps_255 / 255.0) or None,
-                                layers=layers.names() if layers is not None else None)
+                                layers=layers.names if layers is not None else None)
         with comfy_errors():
             host = ComfyHost(model, clip, vae)
             images = comfy_to_list(image)

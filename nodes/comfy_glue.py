@@ -20,10 +20,11 @@ def comfy_to_list(image: torch.Tensor) -> list[torch.Tensor]:
     """ComfyUI IMAGE (B, H, W, C) -> list of (3, H, W) float tensors (alpha dropped, greyscale expanded)."""
     if image is None or image.ndim != 4 or image.shape[0] == 0:
         raise StyleCloakError("expected a non-empty IMAGE batch")
-    x = image.detach().float().cpu()
-    if x.shape[-1] == 1:
-        x = x.expand(-1, -1, -1, 3)
-    return [img[..., :3].permute(2, 0, 1).contiguous() for img in x]
+    with torch.inference_mode(False):  # nodes run under inference_mode: make ordinary tensors the engine may edit
+        x = image.detach().float().cpu().clone()
+        if x.shape[-1] == 1:
+            x = x.expand(-1, -1, -1, 3)
+        return [img[..., :3].permute(2, 0, 1).contiguous().clone() for img in x]
 
 
 def list_to_comfy(images: list[torch.Tensor]) -> torch.Tensor:
@@ -60,9 +61,15 @@ def _to_pil(x: torch.Tensor):
 
 @contextlib.contextmanager
 def comfy_errors():
-    """Engine errors -> ComfyUI conventions: Cancelled becomes an interrupt; others keep their clear message."""
+    """Run a block the engine's way inside a ComfyUI node, and map its errors to ComfyUI conventions.
+
+    ComfyUI executes nodes under ``torch.inference_mode()``; the block runs with it switched off, so tensors it
+    allocates are ordinary ones (the host's weights stay inference tensors, reached through the engine's views).
+    ``Cancelled`` becomes ComfyUI's interrupt; other errors keep their clear message.
+    """
     try:
-        yield
+        with torch.inference_mode(False):
+            yield
     except Cancelled:
         import comfy.model_management as mm
 
@@ -71,3 +78,11 @@ def comfy_errors():
 
 def to_json(data) -> str:
     return json.dumps(data, indent=2, default=str)
+
+
+def pil_to_comfy(img) -> torch.Tensor:
+    """A PIL image -> ComfyUI IMAGE of batch 1."""
+    import numpy as np
+
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr)[None]

@@ -1,0 +1,68 @@
+"""ComfyUI node of the Mimicry Test block: fine-tune on each training set, generate, score, draw the report card."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from protect_core.mimicry.runner import run_mimicry_test
+from protect_core.mimicry.settings import DEFAULT_LR, MimicrySettings
+
+from .comfy_glue import comfy_errors, comfy_to_list, make_progress, pil_to_comfy, to_json
+from .comfy_host import ComfyHost
+from .types import LayerSelectionType
+
+
+class MimicryTest(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="StyleCloak_MimicryTest",
+            display_name="StyleCloak: Mimicry Test",
+            category="StyleCloak",
+            description="Plays the style thief: briefly fine-tunes private adapter weights on each training set "
+                        "(the graph's model is never changed), generates with fixed prompts and seeds, and scores "
+                        "how much of the artist's style came through, against the clean references.",
+            inputs=[
+                io.Image.Input("clean", tooltip="The artist's clean images (the style reference)."),
+                io.Image.Input("train", tooltip="First training set (e.g. the clean or the cloaked images)."),
+                io.String.Input("train_name", default="cloaked", tooltip="Name of the first training set."),
+                io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"),
+                io.Combo.Input("method", options=list(DEFAULT_LR), default="lora",
+                               tooltip="lora (rank-r adapters) or dreambooth (private copy of a weight subset)."),
+                io.Int.Input("steps", default=200, min=0, max=100000, tooltip="Fine-tuning steps per set."),
+                io.Int.Input("rank", default=4, min=1, max=256, tooltip="LoRA rank."),
+                io.Float.Input("lr", default=0.0, min=0.0, max=1.0, step=1e-6,
+                               tooltip="Learning rate (0 = method default: LoRA 1e-4, DreamBooth 5e-6)."),
+                io.Int.Input("samples", default=8, min=1, max=256, tooltip="Images generated per condition."),
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=8,
+                             tooltip="Training and generation size."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Image.Input("train_2", optional=True, tooltip="Optional second training set."),
+                io.String.Input("train_2_name", default="purified", optional=True),
+                io.Image.Input("train_3", optional=True, tooltip="Optional third training set."),
+                io.String.Input("train_3_name", default="set3", optional=True),
+                LayerSelectionType.Input("layers", optional=True, tooltip="Fine-tune only these cross-attention "
+                                         "layers (default: all attention)."),
+            ],
+            outputs=[io.Image.Output("report_card", tooltip="Generated images per condition and score bars."),
+                     io.String.Output("report", tooltip="JSON with every number and setting, and the verdict.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, clean, train, train_name, model, clip, vae, method, steps, rank, lr, samples, resolution,
+                seed, train_2=None, train_2_name="purified", train_3=None, train_3_name="set3",
+                layers=None) -> io.NodeOutput:
+        sets = {train_name or "train": comfy_to_list(train)}
+        for img, name in ((train_2, train_2_name), (train_3, train_3_name)):
+            if img is not None:
+                if name in sets:
+                    raise ValueError(f"two training sets are both named {name!r}")
+                sets[name] = comfy_to_list(img)
+        settings = MimicrySettings(method=method, steps=steps, rank=rank, lr=lr or None, samples=samples,
+                                   resolution=resolution, seed=seed,
+                                   layers=layers.names if layers is not None else None)
+        with comfy_errors():
+            host = ComfyHost(model, clip, vae)
+            report = run_mimicry_test(host, comfy_to_list(clean), sets, settings,
+                                      make_progress(0, cls.hidden.unique_id))
+        return io.NodeOutput(pil_to_comfy(report.card()), to_json(report.to_dict()))

@@ -1,0 +1,90 @@
+"""Writes example_workflows/*.json (ComfyUI UI format) from example_workflows/definitions.py.
+
+UI-format workflows need each node's widget order and socket types, which only a running ComfyUI knows: this tool
+reads them from its ``/object_info`` (start ComfyUI with the StyleCloak pack installed, on loopback).
+Usage: python tools/make_workflows.py [--server http://127.0.0.1:8188]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "example_workflows"))
+
+from definitions import WORKFLOWS  # noqa: E402
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _spec_inputs(info: dict) -> list[tuple[str, str, dict]]:
+    out = []
+    for group in ("required", "optional"):
+        for name, spec in info["input"].get(group, {}).items():
+            kind = spec[0]
+            typ = "COMBO" if isinstance(kind, list) else kind
+            out.append((name, typ, spec[1] if len(spec) > 1 else {}))
+    return out
+
+
+def ui_format(name: str, object_info: dict) -> dict:
+    nodes_def = WORKFLOWS[name]["nodes"]
+    links, nodes = [], []
+    out_links: dict[tuple[str, int], list[int]] = {}
+    order = list(nodes_def)
+    for node_id in order:  # first pass: links
+        _, inputs = nodes_def[node_id]
+        for value in inputs.values():
+            if isinstance(value, tuple):
+                out_links.setdefault((value[0], value[1]), [])
+    link_id = 0
+    pending = []
+    for k, node_id in enumerate(order):
+        class_type, inputs = nodes_def[node_id]
+        info = object_info[class_type]
+        ui_inputs, widgets = [], []
+        for in_name, typ, opts in _spec_inputs(info):
+            value = inputs.get(in_name)
+            if isinstance(value, tuple):
+                link_id += 1
+                src, slot = value
+                src_type = object_info[nodes_def[src][0]]["output"][slot]
+                links.append([link_id, int(src), slot, int(node_id), len(ui_inputs), src_type])
+                out_links[(src, slot)].append(link_id)
+                ui_inputs.append({"name": in_name, "type": typ, "link": link_id})
+            elif typ in WIDGET_TYPES:
+                widgets.append(opts.get("default") if value is None else value)
+                if opts.get("control_after_generate"):
+                    widgets.append("fixed")
+            elif in_name in inputs or in_name not in dict.fromkeys(info["input"].get("optional", {})):
+                ui_inputs.append({"name": in_name, "type": typ, "link": None})
+        pending.append((node_id, class_type, info, ui_inputs, widgets, k))
+    for node_id, class_type, info, ui_inputs, widgets, k in pending:
+        outputs = [{"name": n, "type": t, "slot_index": i, "links": out_links.get((node_id, i), [])}
+                   for i, (n, t) in enumerate(zip(info["output_name"], info["output"]))]
+        nodes.append({"id": int(node_id), "type": class_type, "pos": [60 + 360 * (k % 4), 60 + 420 * (k // 4)],
+                      "size": [320, 260], "flags": {}, "order": k, "mode": 0, "inputs": ui_inputs,
+                      "outputs": outputs, "properties": {"Node name for S&R": class_type},
+                      "widgets_values": widgets, "title": info.get("display_name") or class_type})
+    return {"last_node_id": max(int(i) for i in order), "last_link_id": link_id, "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"stylecloak": WORKFLOWS[name]["title"]}, "version": 0.4}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--server", default="http://127.0.0.1:8188")
+    args = ap.parse_args()
+    with urllib.request.urlopen(f"{args.server}/object_info", timeout=30) as r:
+        object_info = json.load(r)
+    for name in WORKFLOWS:
+        path = ROOT / "example_workflows" / f"{name}.json"
+        path.write_text(json.dumps(ui_format(name, object_info), indent=1) + "\n")
+        print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
