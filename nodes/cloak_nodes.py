@@ -8,7 +8,7 @@ from protect_core.cloak.presets import PRESETS, settings_for
 from protect_core.cloak.runner import cloak_images
 from protect_core.metrics import image_stats
 
-from .comfy_glue import comfy_errors, comfy_to_list, list_to_comfy, make_progress, to_json
+from .comfy_glue import comfy_errors, comfy_to_list, compare_ui, list_to_comfy, make_progress, to_json
 from .comfy_host import ComfyHost
 from .types import LayerSelectionType
 
@@ -63,8 +63,9 @@ class CloakImage(io.ComfyNode):
             images = comfy_to_list(image)
             results = cloak_images(host, images, settings, make_progress(0, cls.hidden.unique_id))
         report = {"method": method, "intensity": intensity, "images": [r.stats for r in results]}
-        return io.NodeOutput(list_to_comfy([r.image for r in results]),
-                             list_to_comfy([r.perturbation_view for r in results]), to_json(report))
+        cloaked = list_to_comfy([r.image for r in results])
+        return io.NodeOutput(cloaked, list_to_comfy([r.perturbation_view for r in results]), to_json(report),
+                             ui=compare_ui(image, cloaked, report["images"]))
 
 
 class ProtectionReport(io.ComfyNode):
@@ -91,4 +92,4 @@ class ProtectionReport(io.ComfyNode):
         stats = image_stats(a, b)
         diff = (0.5 + 10 * (b - a)).clamp(0, 1)
         grid = torch.cat([a, b, diff], dim=-1).permute(0, 2, 3, 1)
-        return io.NodeOutput(grid, to_json({"images": stats}))
+        return io.NodeOutput(grid, to_json({"images": stats}), ui=compare_ui(clean, protected, stats))

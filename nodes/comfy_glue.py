@@ -4,11 +4,16 @@ ComfyUI IMAGE tensors are (B, H, W, C) floats in [0, 1]; the engine works on (3,
 ``comfy.utils.ProgressBar`` (with a live preview when the block provides one) and the engine's cooperative
 cancellation polls ``comfy.model_management.processing_interrupted()``, so the Cancel button stops a cloak within
 one optimisation step; the engine's ``Cancelled`` becomes ComfyUI's own interrupt exception.
+UI payloads for the front-end extension (``web/stylecloak.js``) are built here too: before/after pairs saved as
+temporary PNGs (``stylecloak_compare``) and JSON-safe reports (``stylecloak_mimicry``).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
+import uuid
 
 import torch
 
@@ -86,3 +91,49 @@ def pil_to_comfy(img) -> torch.Tensor:
 
     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr)[None]
+
+
+#: At most this many before/after pairs are written as temporary previews per node run.
+PREVIEW_LIMIT = 8
+
+
+def json_safe(data):
+    """A copy of ``data`` that strict JSON (the browser's ``JSON.parse``) accepts: NaN / inf become None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {str(k): json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    if data is None or isinstance(data, (str, int, bool)):
+        return data
+    return str(data)
+
+
+def save_previews(images: torch.Tensor, prefix: str) -> list[dict]:
+    """Write up to :data:`PREVIEW_LIMIT` images of a ComfyUI IMAGE batch as PNGs into ComfyUI's temp folder.
+
+    Returns ``[{"filename", "subfolder", "type": "temp"}]``, what ComfyUI's ``/view`` route serves.
+    """
+    import folder_paths
+    from PIL import Image
+
+    subfolder = "stylecloak"
+    folder = os.path.join(folder_paths.get_temp_directory(), subfolder)
+    os.makedirs(folder, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    out = []
+    for k, img in enumerate(images[:PREVIEW_LIMIT]):
+        img = img.detach().float().cpu()
+        img = img.expand(-1, -1, 3) if img.shape[-1] == 1 else img[..., :3]
+        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        name = f"{prefix}_{tag}_{k:02d}.png"
+        Image.fromarray(arr).save(os.path.join(folder, name), compress_level=1)
+        out.append({"filename": name, "subfolder": subfolder, "type": "temp"})
+    return out
+
+
+def compare_ui(clean: torch.Tensor, protected: torch.Tensor, stats: list[dict]) -> dict:
+    """UI payload of web/stylecloak.js's before/after slider: one entry per image pair (first PREVIEW_LIMIT)."""
+    pairs = zip(save_previews(clean, "clean"), save_previews(protected, "protected"), stats)
+    return {"stylecloak_compare": [{"clean": c, "protected": p, "stats": json_safe(s)} for c, p, s in pairs]}

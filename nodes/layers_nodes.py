@@ -26,7 +26,9 @@ class SelectStyleLayers(io.ComfyNode):
                         "Mimicry Test.",
             inputs=[
                 io.Image.Input("images", tooltip="The artist's images (a batch)."),
-                io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"),
+                io.Model.Input("model", tooltip="The model whose layers are ranked (SD 1.x / 2.x / XL)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's text encoder (style and content prompts)."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE (encodes the images)."),
                 io.Int.Input("top_k", default=4, min=1, max=64, tooltip="How many layers to select."),
                 io.String.Input("style_prompt", default=AnalysisSettings.style_prompt,
                                 tooltip="Prompt naming the style."),
@@ -35,7 +37,7 @@ class SelectStyleLayers(io.ComfyNode):
                 io.String.Input("timesteps", default="200,500,800", tooltip="Comma-separated timesteps."),
                 io.Int.Input("noise_seeds", default=2, min=1, max=16, tooltip="Noise draws per timestep."),
                 io.Int.Input("size", default=512, min=64, max=2048, step=8, tooltip="Analysis resolution."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Same seed, same ranking."),
             ],
             outputs=[LayerSelectionType.Output("selection"),
                      io.Image.Output("heatmap", tooltip="Score per layer and timestep; selected layers marked."),
@@ -67,7 +69,9 @@ class LayerPreset(io.ComfyNode):
             category="StyleCloak",
             description="A named layer selection (e.g. StyleProtect's four SD 1.5 layers), checked against the model.",
             inputs=[io.Combo.Input("preset", options=list(PRESETS), tooltip="Named selection."),
-                    io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae")],
+                    io.Model.Input("model", tooltip="The model the selection must fit (its layers are checked)."),
+                    io.Clip.Input("clip", tooltip="The checkpoint's text encoder."),
+                    io.Vae.Input("vae", tooltip="The checkpoint's VAE.")],
             outputs=[LayerSelectionType.Output("selection")],
         )
 
@@ -84,8 +88,10 @@ class SaveLayerSelection(io.ComfyNode):
             display_name="StyleCloak: Save Layer Selection",
             category="StyleCloak",
             description="Writes the selection as JSON into ComfyUI's output folder (shareable, works in every host).",
-            inputs=[LayerSelectionType.Input("selection"),
-                    io.String.Input("filename", default="stylecloak_layers.json")],
+            inputs=[LayerSelectionType.Input("selection", tooltip="From Select Style-Sensitive Layers or Layer "
+                                             "Preset."),
+                    io.String.Input("filename", default="stylecloak_layers.json",
+                                    tooltip="File name in ComfyUI's output folder (folders are dropped).")],
             outputs=[io.String.Output("path")],
             is_output_node=True,
         )

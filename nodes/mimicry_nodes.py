@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from protect_core.mimicry.runner import run_mimicry_test
 from protect_core.mimicry.settings import DEFAULT_LR, MimicrySettings
 
-from .comfy_glue import comfy_errors, comfy_to_list, make_progress, pil_to_comfy, to_json
+from .comfy_glue import comfy_errors, comfy_to_list, json_safe, make_progress, pil_to_comfy, to_json
 from .comfy_host import ComfyHost
 from .types import LayerSelectionType
 
@@ -25,7 +25,9 @@ class MimicryTest(io.ComfyNode):
                 io.Image.Input("clean", tooltip="The artist's clean images (the style reference)."),
                 io.Image.Input("train", tooltip="First training set (e.g. the clean or the cloaked images)."),
                 io.String.Input("train_name", default="cloaked", tooltip="Name of the first training set."),
-                io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"),
+                io.Model.Input("model", tooltip="The model the mimic fine-tunes (private adapter weights)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's text encoder (training and sampling prompts)."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE (encodes training images, decodes samples)."),
                 io.Combo.Input("method", options=list(DEFAULT_LR), default="lora",
                                tooltip="lora (rank-r adapters) or dreambooth (private copy of a weight subset)."),
                 io.Int.Input("steps", default=200, min=0, max=100000, tooltip="Fine-tuning steps per set."),
@@ -35,11 +37,13 @@ class MimicryTest(io.ComfyNode):
                 io.Int.Input("samples", default=8, min=1, max=256, tooltip="Images generated per condition."),
                 io.Int.Input("resolution", default=512, min=64, max=2048, step=8,
                              tooltip="Training and generation size."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Same seed, same test."),
                 io.Image.Input("train_2", optional=True, tooltip="Optional second training set."),
-                io.String.Input("train_2_name", default="purified", optional=True),
+                io.String.Input("train_2_name", default="purified", optional=True,
+                                tooltip="Name of the second training set."),
                 io.Image.Input("train_3", optional=True, tooltip="Optional third training set."),
-                io.String.Input("train_3_name", default="set3", optional=True),
+                io.String.Input("train_3_name", default="set3", optional=True,
+                                tooltip="Name of the third training set."),
                 LayerSelectionType.Input("layers", optional=True, tooltip="Fine-tune only these cross-attention "
                                          "layers (default: all attention)."),
             ],
@@ -65,4 +69,6 @@ class MimicryTest(io.ComfyNode):
             host = ComfyHost(model, clip, vae)
             report = run_mimicry_test(host, comfy_to_list(clean), sets, settings,
                                       make_progress(0, cls.hidden.unique_id))
-        return io.NodeOutput(pil_to_comfy(report.card()), to_json(report.to_dict()))
+        data = report.to_dict()
+        return io.NodeOutput(pil_to_comfy(report.card()), to_json(data),
+                             ui={"stylecloak_mimicry": [json_safe(data)]})
