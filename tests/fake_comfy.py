@@ -214,9 +214,11 @@ class InterruptProcessingException(Exception):
 
 
 class ProgressBar:
-    """Records every update as (value, total, preview) in ``ProgressBar.updates`` (class-wide, newest last)."""
+    """Records every update as (value, total, preview, node_id) in ``ProgressBar.updates`` (class-wide, newest
+    last) and calls ``ProgressBar.hook(*update)`` when a test sets one (e.g. to press Cancel mid-way)."""
 
     updates: list = []
+    hook = None
 
     def __init__(self, total, node_id=None):
         self.total, self.current, self.node_id = total, 0, node_id
@@ -226,6 +228,8 @@ class ProgressBar:
             self.total = total
         self.current = min(value, self.total)
         ProgressBar.updates.append((self.current, self.total, preview, self.node_id))
+        if ProgressBar.hook is not None:
+            ProgressBar.hook(self.current, self.total, preview, self.node_id)
 
     def update(self, value):
         self.update_absolute(self.current + value)

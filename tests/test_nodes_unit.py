@@ -236,3 +236,210 @@ def test_compare_node_math_and_previews(pack):
 def test_previews_are_capped(pack):
     refs = pack.glue.save_previews(_image(pack.glue.PREVIEW_LIMIT + 3, 4, 4, 1), "cap")
     assert len(refs) == pack.glue.PREVIEW_LIMIT and len({r["filename"] for r in refs}) == len(refs)
+
+
+# ------------------------------------------------------------------------------------------------ workflows
+WIDGETS = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool, "COMBO": object}
+
+
+def _definitions():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stylecloak_workflow_definitions",
+                                                  ROOT / "example_workflows" / "definitions.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+DEFS = _definitions()
+
+
+def _node_io(pack, class_type):
+    """({input name: (type, input or None)}, [output types], is an output node) of a pack or core node."""
+    if class_type in CORE_NODES:
+        ins, outs = CORE_NODES[class_type]
+        return {k: (t, None) for k, t in ins.items()}, outs, class_type in ("SaveImage", "PreviewImage")
+    schema = pack.by_id[class_type].define_schema()
+    return ({i.id: (i.io_type, i) for i in schema.inputs}, [o.io_type for o in schema.outputs],
+            schema.is_output_node)
+
+
+def _check_graph(pack, graph: dict) -> None:
+    """An API-format graph: known node types, existing inputs, typed links, valid widget values, no cycle."""
+    has_output = False
+    for nid, node in graph.items():
+        ctype = node["class_type"]
+        assert ctype in PACK_IDS or ctype in CORE_NODES, f"node {nid}: unknown type {ctype}"
+        ins, _, is_out = _node_io(pack, ctype)
+        has_output |= is_out
+        assert not set(node["inputs"]) - set(ins), f"node {nid}: unknown inputs"
+        required = {k for k, (_, i) in ins.items() if i is None or not i.optional}
+        assert not required - set(node["inputs"]), f"node {nid} ({ctype}): missing {required - set(node['inputs'])}"
+        for name, value in node["inputs"].items():
+            typ, spec = ins[name]
+            if isinstance(value, list):
+                src, slot = value
+                assert src in graph, f"node {nid}.{name}: links to a missing node {src}"
+                outs = _node_io(pack, graph[src]["class_type"])[1]
+                assert slot < len(outs) and outs[slot] == typ, f"node {nid}.{name}: {typ} fed from {outs}"
+                continue
+            assert typ in WIDGETS, f"node {nid}.{name}: a {typ} socket needs a link"
+            assert isinstance(value, WIDGETS[typ]), f"node {nid}.{name}: {value!r} is not {typ}"
+            if spec is not None:
+                spec_default, spec.default = spec.default, value  # the schema's own checks, on this value
+                try:
+                    assert not spec.check(), spec.check()
+                finally:
+                    spec.default = spec_default
+    assert has_output, "nothing would run: no output node"
+    done: set = set()
+    while len(done) < len(graph):  # topological order exists <=> no cycle
+        ready = {n for n, node in graph.items() if n not in done and all(
+            v[0] in done for v in node["inputs"].values() if isinstance(v, list))}
+        assert ready, f"cycle among {set(graph) - done}"
+        done |= ready
+
+
+@pytest.mark.parametrize("name", list(DEFS.WORKFLOWS))
+def test_example_workflow_definitions(pack, name):
+    _check_graph(pack, DEFS.api_format(name))
+    overrides = DEFS.CPU_TEST_OVERRIDES[name]
+    nodes = DEFS.WORKFLOWS[name]["nodes"]
+    for nid, values in overrides.items():
+        assert set(values) <= set(nodes[nid][1]), f"override of node {nid} names inputs the node does not set"
+    _check_graph(pack, DEFS.api_format(name, overrides))
+
+
+@pytest.mark.parametrize("name", list(DEFS.WORKFLOWS))
+def test_ui_workflow_file_matches_its_definition(pack, name):
+    ui = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    nodes = DEFS.WORKFLOWS[name]["nodes"]
+    by_id = {str(n["id"]): n for n in ui["nodes"]}
+    assert {k: n["type"] for k, n in by_id.items()} == {k: v[0] for k, v in nodes.items()}
+    got = set()
+    for link_id, src, slot, dst, dst_slot, typ in ui["links"]:
+        target = by_id[str(dst)]["inputs"][dst_slot]
+        assert target["link"] == link_id and link_id in by_id[str(src)]["outputs"][slot]["links"]
+        assert typ == target["type"] == _node_io(pack, by_id[str(src)]["type"])[1][slot]
+        got.add((str(src), slot, str(dst), target["name"]))
+    want = {(v[0], v[1], nid, k) for nid, (_, ins) in nodes.items() for k, v in ins.items() if isinstance(v, tuple)}
+    assert got == want
+    for nid, (ctype, ins) in nodes.items():
+        if ctype in PACK_IDS:
+            schema = pack.by_id[ctype].define_schema()
+            widgets = [i for i in schema.inputs if i.io_type in WIDGETS]
+            ordered = [i for i in widgets if not i.optional] + [i for i in widgets if i.optional]
+            assert by_id[nid]["widgets_values"] == [ins.get(i.id, i.default) for i in ordered], nid
+
+
+# ------------------------------------------------------------------------------------------------ ComfyHost
+class _Patcher:
+    """ModelPatcher-like: the graph's object; ComfyHost must only read it."""
+
+    def __init__(self, model):
+        self.model = model
+        self.load_device = self.offload_device = torch.device("cpu")
+
+
+def comfy_objects(flavour: str):
+    """(MODEL, CLIP, VAE) shaped like ComfyUI's, around the tiny ldm stand-ins (inference-tensor weights), and
+    the diffusers pipeline sharing their modules."""
+    forge, pipe = forge_model(flavour, style="old")
+    kmodel = forge.forge_objects.unet.model
+    unet = kmodel.diffusion_model
+    unet.__class__ = type("UNetModel", (type(unet),), {})  # ComfyUI's ldm UNet class name
+    kmodel.latent_format = types.SimpleNamespace(scale_factor=float(pipe.vae.config.scaling_factor))
+    if flavour == "tiny-xl":
+        kmodel.__class__ = type("SDXL", (type(kmodel),), {})
+    return _Patcher(kmodel), forge.forge_objects.clip, forge.forge_objects.vae, pipe
+
+
+_hosts: dict = {}
+
+
+def comfy_host(pack, flavour="tiny"):
+    if flavour not in _hosts:
+        from protect_core.backends.diffusers_host import DiffusersHost
+
+        model, clip, vae, pipe = comfy_objects(flavour)
+        pack.mm.loaded.clear()
+        host = pack.host.ComfyHost(model, clip, vae)
+        host.loaded = list(pack.mm.loaded)
+        _hosts[flavour] = (host, DiffusersHost.from_pipeline(pipe), (model, clip, vae))
+    return _hosts[flavour]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_comfy_host_contract(pack, check):
+    check(comfy_host(pack)[0])
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_comfy_host_restored(pack, ending):
+    check_restored_after(comfy_host(pack)[0], ending)
+
+
+@pytest.mark.parametrize("flavour", ["tiny", "tiny-v", "tiny-xl"])
+def test_comfy_host_same_numbers_as_diffusers(pack, flavour):
+    host, ref, (model, _, vae) = comfy_host(pack, flavour)
+    assert host.loaded == [[model], [vae.patcher]], "loaded through comfy.model_management"
+    assert host.prediction_type == ref.prediction_type
+    assert host.latent_scale == pytest.approx(ref.latent_scale)
+    assert torch.allclose(host.alphas_cumprod, ref.alphas_cumprod, atol=1e-6)
+    assert {l.name for l in host.cross_attention_layers()} == {l.name for l in ref.cross_attention_layers()}
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with host.borrowed(), ref.borrowed():
+        z, z_ref = host.encode(x), ref.encode(x)
+        assert torch.allclose(z, z_ref, atol=1e-5)
+        assert torch.allclose(host.decode(z), ref.decode(z_ref), atol=1e-5)
+        cond, cond_ref = host.encode_text(["a painting"]), ref.encode_text(["a painting"])
+        assert torch.allclose(cond.context, cond_ref.context, atol=1e-6)
+        t = torch.tensor([700])
+        assert torch.allclose(host.model_output(z, t, cond), ref.model_output(z_ref, t, cond_ref), atol=1e-4)
+
+
+def test_comfy_host_refuses_what_it_cannot_drive(pack):
+    from protect_core.errors import ModelError
+
+    model, clip, vae, _ = comfy_objects("tiny")
+    ComfyHost = pack.host.ComfyHost
+    for args, words in [((None, clip, vae), "MODEL input"), ((model, clip, None), "VAE"),
+                        ((model, None, vae), "CLIP"), ((_Patcher(types.SimpleNamespace(
+                            diffusion_model=torch.nn.Linear(1, 1))), clip, vae), "UNet models")]:
+        with pytest.raises(ModelError, match=words):
+            ComfyHost(*args, load=False)
+    flow = torch.nn.Module()  # e.g. a flow model's sampling: neither EPS nor V_PREDICTION
+    flow.register_buffer("sigmas", torch.ones(3))
+    model.model.model_sampling = flow
+    with pytest.raises(ModelError, match="unsupported model sampling"):
+        ComfyHost(model, clip, vae, load=False)
+
+
+def test_cloak_node_end_to_end_and_interrupt(pack, interrupt_flag, integrity):
+    host, _, (model, clip, vae) = comfy_host(pack)
+    check = integrity(host)
+    img = _smooth(1, 64).contiguous()
+    node = pack.by_id["StyleCloak_CloakImage"]
+    with torch.inference_mode():
+        out = node.execute(img, model, clip, vae, "photoguard", "low", 0, False, "", 2, 8.0)
+    cloaked, view, report = out.args
+    assert cloaked.shape == view.shape == img.shape
+    assert (cloaked - img).abs().max() <= 8.5 / 255 + 1e-4 and not torch.equal(cloaked, img)
+    assert json.loads(report)["images"][0]["linf_255"] <= 8.0 + 1e-3
+    assert len(out.ui["stylecloak_compare"]) == 1
+    check.assert_unchanged()
+    calls = []
+
+    def interrupt_after_first_step(*update):
+        calls.append(update)
+        interrupt_flag.interrupt_current_processing(True)
+
+    pack.bar.hook = interrupt_after_first_step
+    try:
+        with pytest.raises(interrupt_flag.InterruptProcessingException), torch.inference_mode():
+            node.execute(img, model, clip, vae, "photoguard", "low", 0, False, "", 50, 8.0)
+    finally:
+        pack.bar.hook = None
+    assert len(calls) == 1, "stopped at the first step after the interrupt"
+    check.assert_unchanged()
