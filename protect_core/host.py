@@ -29,6 +29,8 @@ import torch
 from .errors import ModelError
 from .integrity import borrow_modules
 
+_MISSING = object()
+
 
 @dataclass
 class Conditioning:
@@ -161,6 +163,8 @@ class HostModel(abc.ABC):
     # ---- the shared machinery ---------------------------------------------------------------------------------
     _views: dict | None = None
     _borrow_depth: int = 0
+    _restores: list | None = None   # (object, attribute, old value) set for this borrow only, see set_borrowed_attr
+    _memory = None                  # the active memory mode (protect_core.memory.ActiveMemory) or None
 
     @contextlib.contextmanager
     def borrowed(self, cancel=None) -> Iterator["HostModel"]:
@@ -179,12 +183,57 @@ class HostModel(abc.ABC):
                 self._borrow_depth -= 1
             return
         self._borrow_depth = 1
+        self._restores = []
         try:
             with torch.inference_mode(False), torch.enable_grad(), borrow_modules(self.host_modules()):
-                yield self
+                try:
+                    yield self
+                finally:
+                    self.restore_borrowed_attrs(0)
         finally:
             self._views = None
             self._borrow_depth = 0
+            self._restores = None
+
+    def set_borrowed_attr(self, obj, name: str, value) -> None:
+        """Set ``obj.<name> = value`` for this borrow only (memory modes: checkpointing flags, attention
+        processors). The old value, or the attribute's absence, comes back at :meth:`restore_borrowed_attrs` or,
+        at the latest, when the outermost borrow ends, however it ends."""
+        self._require_borrowed()
+        d = getattr(obj, "__dict__", {})
+        if name in d:
+            old = d[name]
+        elif isinstance(obj, torch.nn.Module) and name in obj._modules:
+            old = obj._modules[name]
+        else:
+            old = _MISSING
+        self._restores.append((obj, name, old))
+        setattr(obj, name, value)
+
+    def borrowed_attr_mark(self) -> int:
+        """A mark for :meth:`restore_borrowed_attrs`: the number of attribute changes made so far."""
+        self._require_borrowed()
+        return len(self._restores)
+
+    def restore_borrowed_attrs(self, mark: int = 0) -> None:
+        """Undo, newest first, the attribute changes made since ``mark``."""
+        restores = self._restores or []
+        while len(restores) > mark:
+            obj, name, old = restores.pop()
+            if isinstance(obj, torch.nn.Module) and name in obj._modules and not isinstance(old, torch.nn.Module):
+                del obj._modules[name]
+            if old is _MISSING:
+                getattr(obj, "__dict__", {}).pop(name, None)
+            else:
+                setattr(obj, name, old)
+
+    def _compute(self, device: torch.device):
+        """Autocast for model forward passes when the active memory mode asks for it (forward only: backward
+        passes run outside, as autocast requires)."""
+        dt = getattr(self._memory, "autocast_dtype", None)
+        if dt is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=dt)
 
     def _require_borrowed(self) -> None:
         if not self._borrow_depth:
@@ -246,13 +295,16 @@ class HostModel(abc.ABC):
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled VAE posterior (mean, logvar), float32; differentiable."""
         self._check_images(images)
-        mean, logvar = self._vae_posterior(images.to(self.vae_device, self.vae_dtype))
+        with self._compute(self.vae_device):
+            mean, logvar = self._vae_posterior(images.to(self.vae_device, self.vae_dtype))
         return mean.float().to(self.device), logvar.float().to(self.device)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (not clamped) from scaled latents; differentiable, float32."""
         z = latents / self.latent_scale + self.latent_shift
-        return self._vae_decode(z.to(self.vae_device, self.vae_dtype)).float().to(self.device)
+        with self._compute(self.vae_device):
+            out = self._vae_decode(z.to(self.vae_device, self.vae_dtype))
+        return out.float().to(self.device)
 
     # text
     def encode_text(self, prompts: str | list[str]) -> Conditioning:
@@ -278,7 +330,16 @@ class HostModel(abc.ABC):
             if unknown:
                 raise ModelError(f"weight overrides name unknown UNet parameters: {sorted(unknown)[:3]}")
             weights = {**weights, **{k: v.to(self.dtype) for k, v in weight_overrides.items()}}
-        out = self._unet(latents.to(self.device, self.dtype), t, cond.repeat_to(b), weights)
+        x = latents.to(self.device, self.dtype)
+        if (getattr(self._memory, "score_distillation", False) and latents.requires_grad
+                and not any(v.requires_grad for v in (weight_overrides or {}).values())):
+            # score distillation (memory mode): no UNet backward; the UNet's Jacobian is replaced by the identity
+            # (straight-through), so d(loss)/d(latents) = d(loss)/d(output), as in SDS (Poole et al. 2022)
+            with torch.no_grad(), self._compute(self.device):
+                out = self._unet(x.detach(), t, cond.repeat_to(b), weights)
+            return out.float() + (latents - latents.detach()).float()
+        with self._compute(self.device):
+            out = self._unet(x, t, cond.repeat_to(b), weights)
         return out.float()
 
     def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor | int, cond: Conditioning,

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from ..memory import memory_session, resolve_memory
 from ..metrics import perceptual_distance
 from ..progress import Progress
 from .base import CloakMethod, CloakSettings
@@ -113,7 +114,7 @@ def _step_loss(method, host, x, step, generator, settings, robust_gen) -> torch.
 
 
 def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakSettings,
-             progress: Progress | None = None, channel_tied: bool = False):
+             progress: Progress | None = None, channel_tied: bool = False, memory=None):
     """Cloak a batch ``images01`` (B, 3, H, W) in [0, 1] with ``method`` under resolved ``settings``.
 
     Returns ``(cloaked01, info)``; ``info`` has objective_before/after (the method's objective on the clean and the
@@ -122,6 +123,9 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
     Options read from ``settings.options``: ``perceptual_weight`` (hinge weight, default 10, in units of the current
     loss's magnitude per relative excess over the budget), ``random_start`` (uniform start in the budget, default False),
     ``robust_transforms`` (subset of robust.TRANSFORMS).
+    ``memory``: a memory mode (:mod:`protect_core.memory`: "auto", "fast", "balanced", "low" or a MemoryMode);
+    None = "fast" (the host as it is). ``info["memory"]`` says what took effect. Out-of-memory errors propagate
+    (the runner falls back to a lower mode).
     """
     validate_settings(settings)
     if images01.ndim != 4 or images01.shape[1] != 3:
@@ -131,7 +135,8 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
     eps, steps, lr = float(settings.eps), int(settings.steps), float(settings.step_size)
     budget, kind = settings.perceptual_budget, settings.perceptual_kind
     opts = settings.options
-    with host.borrowed():
+    mode = None if memory is None else resolve_memory(memory, host, method, images01[:, 0].numel())
+    with host.borrowed(), memory_session(host, mode, method) as mem:
         clean = images01.detach().to(host.device, torch.float32).clamp(0, 1)
         gen = torch.Generator().manual_seed(int(settings.seed))
         robust_gen = torch.Generator().manual_seed(int(settings.seed) + 7919)
@@ -156,7 +161,9 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
                 # scale-free hinge: weight * |current loss| per unit of relative excess over the budget
                 over = torch.relu(perceptual_distance(x, clean, kind) - float(budget)) / float(budget)
                 total = total + weight * max(abs(float(loss.detach())), 1e-8) * over.sum()
-            (grad,) = torch.autograd.grad(total, delta)
+            (grad,) = torch.autograd.grad(total * mem.loss_scale if mem.loss_scale != 1.0 else total, delta)
+            grad = mem.unscale(grad)   # fp16: loss scaling; None = overflow, this step is skipped
+            grad = torch.zeros_like(delta) if grad is None else grad
             with torch.no_grad():
                 if adam is not None:
                     delta.grad = grad
@@ -172,7 +179,7 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
         after = _objective(method, host, cloaked, int(settings.seed))
     info = {"objective_before": before, "objective_after": after, "steps": steps,
             "seconds": time.perf_counter() - t0, "losses": losses,
-            "perceptual": None if dist is None else [float(d) for d in dist]}
+            "perceptual": None if dist is None else [float(d) for d in dist], "memory": mem.describe()}
     if getattr(method, "info", None):  # what the method chose (layers, LoRA rank, rounds...), JSON-able
         info["method_info"] = dict(method.info)
     return cloaked.to(images01.device), info

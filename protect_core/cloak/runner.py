@@ -6,6 +6,9 @@ runs :func:`protect_core.cloak.optimize.optimize` on each batch, blends tile del
 (:mod:`protect_core.cloak.tiling`), crops back to the original size and re-finalises each image (8-bit levels,
 L-inf and perceptual budgets, see :func:`~protect_core.cloak.optimize.finalize`). Hosts and the CLI call
 :func:`cloak_images`; ``on_result(index, result)`` fires as soon as an image is complete (so the CLI can save it).
+Memory: a mode (:mod:`protect_core.memory`, default ``auto``) is chosen once per call from the largest batch; a
+batch that runs out of memory is retried in the next lower mode (said in the log and in ``stats["memory"]``), and
+below ``low`` a :class:`~protect_core.memory.MemoryLimitError` names the settings to change.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..memory import resolve_memory, run_with_fallback
 from ..metrics import image_stats, perceptual_distance
 from ..progress import Progress
 from .base import CloakMethod, CloakSettings, get_method
@@ -88,12 +92,14 @@ def batch_pieces(pieces: list[_Piece], joint: bool, batch_size: int) -> list[lis
 def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, progress: Progress | None = None,
                  batch_size: int = 4, channel_tied: bool | Sequence[bool] = False, tile_size: int | None = None,
                  tile_overlap: int | None = None,
-                 on_result: Callable[[int, CloakResult], None] | None = None) -> list[CloakResult]:
+                 on_result: Callable[[int, CloakResult], None] | None = None, memory="auto") -> list[CloakResult]:
     """Cloak ``images`` (each (3, H, W) in [0, 1], any size) with ``settings.method``; results in input order.
 
     ``channel_tied``: one flag for all or one per image (greyscale art: one delta shared by the channels).
     ``tile_size``: largest side optimised in one piece (default :func:`default_tile`); ``tile_overlap`` defaults
     to a quarter tile. ``stats`` objective numbers are those of the batch(es) the image was optimised in.
+    ``memory``: "auto" (default), "fast", "balanced", "low" or a :class:`~protect_core.memory.MemoryMode`; a mode's
+    ``tile`` caps the default tile size (an explicit ``tile_size`` wins).
     """
     ref = get_method(settings.method)
     s = settings.resolved(ref)
@@ -107,7 +113,10 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     if len(tied) != len(images):
         raise ValueError(f"channel_tied has {len(tied)} flags for {len(images)} images")
     f = host.vae_scale_factor
-    tile = (int(tile_size or default_tile(ref)) // f) * f
+    side = min(default_tile(ref), max(max(img.shape[-2:]) for img in images))
+    group = len(images) if ref.joint else min(batch_size, len(images))
+    mode = resolve_memory(memory, host, ref, pixels=side * side * group)
+    tile = (int(tile_size or min(default_tile(ref), mode.tile or default_tile(ref))) // f) * f
     if tile < 2 * f:
         raise ValueError(f"tile size must be at least {2 * f} px, got {tile_size}")
     overlap = tile // 4 if tile_overlap is None else int(tile_overlap)
@@ -119,15 +128,25 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     pending = [len(b) for b in boxes]
     deltas: list[dict] = [dict() for _ in images]
     seconds, before, after = [0.0] * len(images), [[] for _ in images], [[] for _ in images]
+    memories: list[dict] = [{} for _ in images]
     results: list[CloakResult | None] = [None] * len(images)
     for k, batch in enumerate(batches):
         x = torch.stack([p.pixels for p in batch])
-        method = get_method(s.method)                     # fresh state per batch
-        cloaked, info = optimize(host, method, x, dataclasses.replace(s, seed=int(s.seed) + k), progress,
-                                 channel_tied=batch[0].tied)
+        done = progress.done
+
+        def attempt(m, x=x, k=k, batch=batch):
+            progress.done = done                          # a retried batch counts its steps once
+            method = get_method(s.method)                 # fresh state per batch (and per retry)
+            return optimize(host, method, x, dataclasses.replace(s, seed=int(s.seed) + k), progress,
+                            channel_tied=batch[0].tied, memory=m)
+
+        work = f"cloaking {len(batch)} piece(s) of {x.shape[-1]}x{x.shape[-2]} px"
+        (cloaked, info), mode, fallbacks = run_with_fallback(attempt, mode, host.device, work)
+        info["memory"]["fallbacks"] = fallbacks
         for p, c in zip(batch, cloaked.cpu()):
             deltas[p.index][p.box] = c - p.pixels
             seconds[p.index] += info["seconds"] / len(batch)
+            memories[p.index] = info["memory"]
             before[p.index].append(info["objective_before"])
             after[p.index].append(info["objective_after"])
             pending[p.index] -= 1
@@ -135,7 +154,7 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
                 i = p.index
                 results[i] = _assemble(images[i], deltas[i], boxes[i], padded_sizes[i], overlap, s,
                                        {"seconds": seconds[i], "objective_before": _mean(before[i]),
-                                        "objective_after": _mean(after[i])})
+                                        "objective_after": _mean(after[i]), "memory": memories[i]})
                 deltas[i] = {}
                 if on_result is not None:
                     on_result(i, results[i])

@@ -1,0 +1,389 @@
+"""Memory modes: how much memory a gradient job on the host's model may use, and what to do when it runs out.
+
+One small settings object, :class:`MemoryMode`, picked by name (``memory="auto" | "fast" | "balanced" | "low"``)
+with optional field overrides:
+
+==========  ==========================================================================================================
+fast        nothing changed: the host's dtype, no checkpointing, the host's attention, the method's tile size
+balanced    half-precision autocast (bf16 where the GPU has it, else fp16; fp32 on CPU) with the perturbation kept
+            in fp32 (the "master" copy: only the model's forward runs in half precision), gradient checkpointing in
+            the UNet, PyTorch SDPA attention
+low         balanced + checkpointing in the VAE + cloak tiles of at most 512 px + score distillation (no UNet
+            backward: the UNet's Jacobian is replaced by the identity) for the methods whose image step ascends a
+            denoising loss (the SurrogateAttack family: mist, mist2, aspl, fsmg, caat, styleprotect)
+auto        the first of fast / balanced / low whose estimated need fits in the free memory of the device
+==========  ==========================================================================================================
+
+:func:`memory_session` applies a mode inside ``host.borrowed()``: every flag it sets on the host's modules goes
+through ``host.set_borrowed_attr`` and comes back when the session (or the borrow) ends, however it ends, so the
+borrowed model returns with identical flags and attributes. Checkpointing recomputes blocks during backward with the
+exact tensors (views, weight overrides) of the forward pass, so LoRA/K-V overrides keep their gradients.
+
+Out of memory (``torch.cuda.OutOfMemoryError``, ``RuntimeError('... out of memory ...')``, ``MemoryError``):
+:func:`run_with_fallback` retries with the next lower mode and says so (log + returned messages); below ``low`` it
+raises :class:`MemoryLimitError`, a :class:`~protect_core.errors.StyleCloakError` naming the settings to change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import StyleCloakError
+
+log = logging.getLogger(__name__)
+
+MODES = ("fast", "balanced", "low")
+CHOICES = ("auto",) + MODES
+PRECISIONS = ("host", "half", "fp16", "bf16", "fp32")
+ATTENTION = ("keep", "sdpa", "sliced")
+_HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class MemoryLimitError(StyleCloakError):
+    """Out of memory even in the lowest memory mode; the message names what to change."""
+
+
+@dataclass(frozen=True)
+class MemoryMode:
+    """What a memory mode changes. ``precision``: "host" (the host's own dtype), "half" (bf16 if the device has
+    it, else fp16; fp32 on CPU), "fp16", "bf16", "fp32" (no autocast). ``attention``: "keep", "sdpa", "sliced".
+    ``tile``: cap on the side (px) the cloak runner optimises in one piece (None: the method's default)."""
+
+    name: str = "fast"
+    precision: str = "host"
+    checkpoint_unet: bool = False
+    checkpoint_vae: bool = False
+    attention: str = "keep"
+    tile: int | None = None
+    score_distillation: bool = False
+    reason: str = ""
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"memory precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"memory attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
+        if self.tile is not None and int(self.tile) < 16:
+            raise ValueError(f"memory tile must be >= 16 px or None, got {self.tile!r}")
+
+    def lower(self) -> "MemoryMode | None":
+        """The next mode down (fast -> balanced -> low), or None below ``low``."""
+        if self.name not in MODES or self.name == "low":
+            return None
+        return PRESETS[MODES[MODES.index(self.name) + 1]]
+
+    def describe(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", None)}
+
+
+PRESETS: dict[str, MemoryMode] = {
+    "fast": MemoryMode("fast"),
+    "balanced": MemoryMode("balanced", precision="half", checkpoint_unet=True, attention="sdpa"),
+    "low": MemoryMode("low", precision="half", checkpoint_unet=True, checkpoint_vae=True, attention="sdpa",
+                      tile=512, score_distillation=True),
+}
+
+
+def memory_mode(spec: "str | MemoryMode | dict | None" = "auto", **overrides) -> MemoryMode:
+    """A mode from a name (``auto``/``fast``/``balanced``/``low``), a dict of fields or a MemoryMode; ``overrides``
+    replace fields (e.g. ``memory_mode("low", precision="fp16")``). ``auto`` stays unresolved (name "auto") until
+    :func:`resolve_memory` sees the job."""
+    if spec is None:
+        spec = "auto"
+    if isinstance(spec, MemoryMode):
+        mode = spec
+    elif isinstance(spec, dict):
+        fields = dict(spec)
+        base = memory_mode(fields.pop("name", "fast"))
+        mode = dataclasses.replace(base, **fields)
+    elif isinstance(spec, str):
+        if spec not in CHOICES:
+            raise ValueError(f"unknown memory mode {spec!r}; choose from {', '.join(CHOICES)}")
+        mode = PRESETS.get(spec, MemoryMode("auto"))
+    else:
+        raise ValueError(f"memory mode must be a name ({', '.join(CHOICES)}), a dict or a MemoryMode, got {spec!r}")
+    return dataclasses.replace(mode, **overrides) if overrides else mode
+
+
+# ---- choosing a mode by free memory --------------------------------------------------------------------------
+#: activation bytes per image pixel for one fp32 forward+backward (SD1.5-size, measured: benchmarks/perf.py)
+ACT_BYTES_PER_PIXEL = {"vae": 6000.0, "unet": 9000.0}
+#: multipliers of the activation estimate for each saving
+SAVING = {"half": 0.55, "checkpoint_vae": 0.3, "checkpoint_unet": 0.3, "score_distillation": 0.15}
+SAFETY = 1.3
+
+
+def available_bytes(device) -> int:
+    """Free memory on ``device``: CUDA free + this process's cached-but-unused blocks; CPU MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def unet_backward(method) -> bool:
+    """Whether a cloak method's image step back-propagates through the UNet (encoder-only methods set a larger
+    ``default_tile`` or ``uses_unet = False``)."""
+    if method is None:
+        return True
+    flag = getattr(method, "unet_backward", None)
+    if flag is not None:
+        return bool(flag)
+    return bool(getattr(method, "uses_unet", True)) and getattr(method, "default_tile", None) is None
+
+
+def estimate_bytes(pixels: int, through_unet: bool, mode: MemoryMode, half_possible: bool = True) -> int:
+    """Rough activation memory of one image step on ``pixels`` image pixels (all images of the batch) in ``mode``
+    (weights are already resident and not counted)."""
+    vae = ACT_BYTES_PER_PIXEL["vae"] * (SAVING["checkpoint_vae"] if mode.checkpoint_vae else 1.0)
+    unet = 0.0
+    if through_unet:
+        unet = ACT_BYTES_PER_PIXEL["unet"]
+        unet *= SAVING["score_distillation"] if mode.score_distillation else 1.0
+        unet *= SAVING["checkpoint_unet"] if mode.checkpoint_unet else 1.0
+    half = SAVING["half"] if (mode.precision != "host" and mode.precision != "fp32" and half_possible) else 1.0
+    return int(pixels * (vae + unet) * half * SAFETY)
+
+
+def resolve_memory(spec, host, method=None, pixels: int = 512 * 512, available: int | None = None) -> MemoryMode:
+    """A concrete mode: ``spec`` itself, or for ``auto`` the first of fast/balanced/low whose estimate fits in
+    ``available`` bytes (default: :func:`available_bytes` of the host's device); ``reason`` says why."""
+    mode = memory_mode(spec)
+    if mode.name != "auto":
+        return mode
+    free = available_bytes(host.device) if available is None else int(available)
+    through_unet = unet_backward(method)
+    half_possible = torch.device(host.device).type != "cpu"
+    for name in MODES:
+        need = estimate_bytes(pixels, through_unet, PRESETS[name], half_possible)
+        if need <= free or name == "low":
+            fits = "fits" if need <= free else "does not fit either; trying"
+            why = (f"auto: ~{need / 2**30:.1f} GiB needed for {pixels / 1e6:.2f} Mpx, {free / 2**30:.1f} GiB free; "
+                   f"{name} {fits}")
+            return dataclasses.replace(PRESETS[name], reason=why)
+    raise AssertionError("unreachable")
+
+
+# ---- applying a mode ------------------------------------------------------------------------------------------
+@dataclass
+class ActiveMemory:
+    """A mode as applied to one host in one session: what the host's forward passes read (``autocast_dtype``,
+    ``score_distillation``) and what was changed (counts, notes)."""
+
+    mode: MemoryMode
+    autocast_dtype: torch.dtype | None = None
+    score_distillation: bool = False
+    loss_scale: float = 1.0
+    checkpointed_modules: int = 0
+    attention_modules: int = 0
+    notes: list = dataclasses.field(default_factory=list)
+
+    def unscale(self, grad: torch.Tensor) -> torch.Tensor | None:
+        """The true gradient from a loss multiplied by ``loss_scale``; None when it overflowed (the step is
+        skipped and the scale lowered, as in dynamic loss scaling)."""
+        if self.autocast_dtype is None and self.loss_scale == 1.0:
+            return grad   # full precision: unchanged behaviour
+        if not bool(torch.isfinite(grad).all()):
+            if self.loss_scale <= 1.0:
+                raise StyleCloakError("non-finite gradient in half precision; use memory precision 'fp32' "
+                                      "(memory='fast') or load the model in fp32 (--dtype fp32)")
+            self.loss_scale = max(1.0, self.loss_scale / 8)
+            self.notes.append(f"fp16 gradient overflow: loss scale lowered to {self.loss_scale:g}")
+            return None
+        return grad / self.loss_scale
+
+    def describe(self) -> dict:
+        out = self.mode.describe()
+        out.update(autocast=None if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", ""),
+                   score_distillation=self.score_distillation, checkpointed_modules=self.checkpointed_modules)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def autocast_dtype(mode: MemoryMode, host) -> torch.dtype | None:
+    """The autocast dtype ``mode`` asks for on ``host`` (None: run in the host's own dtype)."""
+    device = torch.device(host.device)
+    if mode.precision in ("host", "fp32"):
+        return None
+    if mode.precision in _HALF:
+        return _HALF[mode.precision]
+    # "half": only where it pays, and not on a host that already runs in half precision
+    if device.type == "cpu" or host.dtype in (torch.float16, torch.bfloat16):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16
+
+
+def allows_score_distillation(method) -> bool:
+    """Methods whose image step ascends or descends a denoising loss through the UNet (a method can say so
+    itself with ``allows_score_distillation = True/False``)."""
+    if method is None:
+        return False
+    flag = getattr(method, "allows_score_distillation", None)
+    if flag is not None:
+        return bool(flag)
+    from .cloak.surrogate import SurrogateAttack
+
+    return isinstance(method, SurrogateAttack)
+
+
+def _checkpoint_fn(module, *args):
+    """Gradient checkpointing of one block that recomputes with the tensors of THIS forward pass: the engine runs
+    modules through ``torch.func.functional_call`` (views, weight overrides), which is undone before backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    if not isinstance(module, torch.nn.Module):
+        return checkpoint(module, *args, use_reentrant=False)
+    state = dict(module.named_parameters(remove_duplicate=False))
+    state.update(module.named_buffers(remove_duplicate=False))
+
+    def run(*a):
+        return torch.func.functional_call(module, state, a, strict=False, tie_weights=False)
+
+    return checkpoint(run, *args, use_reentrant=False)
+
+
+def enable_checkpointing(host, root) -> int:
+    """Turn on diffusers-style gradient checkpointing in ``root`` for this borrow; returns how many modules."""
+    n = 0
+    for m in ([] if root is None else root.modules()):
+        if isinstance(getattr(m, "gradient_checkpointing", None), bool):
+            host.set_borrowed_attr(m, "_gradient_checkpointing_func", _checkpoint_fn)
+            host.set_borrowed_attr(m, "gradient_checkpointing", True)
+            n += 1
+    return n
+
+
+def attention_processor(kind: str):
+    from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
+
+    return AttnProcessor2_0() if kind == "sdpa" else SlicedAttnProcessor(2)
+
+
+def set_attention(host, roots, kind: str) -> int:
+    """Use SDPA or sliced attention in every diffusers ``Attention`` module of ``roots`` for this borrow."""
+    modules = [m for r in roots if r is not None for m in r.modules()
+               if hasattr(m, "set_processor") and hasattr(m, "processor")]
+    if not modules:
+        return 0
+    proc = attention_processor(kind)
+    for m in modules:
+        host.set_borrowed_attr(m, "processor", proc)
+    return len(modules)
+
+
+class memory_session:
+    """``with memory_session(host, mode, method) as active:`` apply ``mode`` inside ``host.borrowed()``; everything
+    is put back on exit. ``active`` (:class:`ActiveMemory`) says what took effect."""
+
+    def __init__(self, host, mode: MemoryMode | None, method=None):
+        self.host, self.mode, self.method = host, mode, method
+
+    def __enter__(self) -> ActiveMemory:
+        host, mode = self.host, self.mode or PRESETS["fast"]
+        if mode.name == "auto":
+            raise ValueError("resolve an 'auto' memory mode first (protect_core.memory.resolve_memory)")
+        self.mark = host.borrowed_attr_mark()
+        try:
+            dt = autocast_dtype(mode, host)
+            half_host = host.dtype == torch.float16
+            active = ActiveMemory(mode, dt, mode.score_distillation and allows_score_distillation(self.method),
+                                  loss_scale=1024.0 if (dt == torch.float16 or half_host) else 1.0)
+            mods = host.host_modules()
+            if mode.checkpoint_unet:
+                active.checkpointed_modules += enable_checkpointing(host, mods.get("unet"))
+            if mode.checkpoint_vae:
+                active.checkpointed_modules += enable_checkpointing(host, mods.get("vae"))
+            if (mode.checkpoint_unet or mode.checkpoint_vae) and not active.checkpointed_modules:
+                active.notes.append("this host's modules do not support gradient checkpointing")
+            if mode.attention != "keep":   # the VAE's one-head attention (its kwargs) stays SDPA
+                active.attention_modules = (set_attention(host, [mods.get("unet")], mode.attention)
+                                            + set_attention(host, [mods.get("vae")], "sdpa"))
+            host.set_borrowed_attr(host, "_memory", active)
+        except BaseException:
+            host.restore_borrowed_attrs(self.mark)
+            raise
+        return active
+
+    def __exit__(self, *exc) -> None:
+        self.host.restore_borrowed_attrs(self.mark)
+
+
+def module_flags(host) -> dict:
+    """Everything a memory session may change on the host's modules (checkpointing flags and functions, attention
+    processors, the host's active mode), for tests and integrity checks."""
+    out = {"host._memory": host.__dict__.get("_memory")}
+    for key, root in host.host_modules().items():
+        if root is None:
+            continue
+        for name, m in root.named_modules():
+            for attr in ("gradient_checkpointing", "_gradient_checkpointing_func", "processor"):
+                if attr in m.__dict__:
+                    out[f"{key}.{name}.{attr}"] = m.__dict__[attr]
+    return out
+
+
+# ---- out of memory --------------------------------------------------------------------------------------------
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA/CPU/MPS out-of-memory errors."""
+    if isinstance(exc, MemoryError):
+        return True
+    oom_cls = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_cls is not None and isinstance(exc, oom_cls):
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
+
+
+def free_memory(device=None) -> None:
+    gc.collect()
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.empty_cache()
+
+
+def limit_message(mode: MemoryMode, device, work: str = "") -> str:
+    return (f"out of memory on {device}{' ' + work if work else ''} even with memory='{mode.name}'. "
+            "Lower the batch size (--batch-size), the tile size (--tile-size, e.g. 384), the image size, "
+            "load the model in half precision (--dtype fp16), or run on the CPU (--device cpu).")
+
+
+def run_with_fallback(fn: Callable[[MemoryMode], object], mode: MemoryMode, device, work: str = ""):
+    """``fn(mode)``; on out-of-memory retry with lower modes. Returns ``(result, mode used, fallback messages)``;
+    raises :class:`MemoryLimitError` when even ``low`` runs out."""
+    messages = []
+    while True:
+        failed = False
+        try:
+            return fn(mode), mode, messages
+        except Exception as e:  # noqa: BLE001 (only out-of-memory is handled; everything else re-raised)
+            if not is_oom(e):
+                raise
+            failed = True
+        if failed:  # outside the except block, so the traceback's frames (and their tensors) are freed
+            free_memory(device)
+            lower = mode.lower()
+            if lower is None:
+                raise MemoryLimitError(limit_message(mode, device, work)) from None
+            msg = (f"out of memory on {device}{' ' + work if work else ''} with memory='{mode.name}'; "
+                   f"retrying with memory='{lower.name}'")
+            log.warning(msg)
+            messages.append(msg)
+            mode = dataclasses.replace(lower, reason=msg)
