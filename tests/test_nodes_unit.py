@@ -443,3 +443,138 @@ def test_cloak_node_end_to_end_and_interrupt(pack, interrupt_flag, integrity):
         pack.bar.hook = None
     assert len(calls) == 1, "stopped at the first step after the interrupt"
     check.assert_unchanged()
+
+
+# ------------------------------------------------------------------------------------------------ mimicry node
+@pytest.fixture(scope="module")
+def mimicry_run(pack):
+    host, _, (model, clip, vae) = comfy_host(pack)
+    from protect_core.integrity import fingerprint
+
+    before = fingerprint(host.host_modules())
+    clean = _smooth(2, 64, seed=3).contiguous()
+    with torch.inference_mode():
+        out = pack.by_id["StyleCloak_MimicryTest"].execute(clean, clean.flip(1).contiguous(), "cloaked", model, clip,
+                                                           vae, "lora", 2, 4, 0.0, 1, 64, 0)
+    return out, before, fingerprint(host.host_modules())
+
+
+def test_mimicry_node_report_reaches_the_ui(pack, mimicry_run):
+    from protect_core.integrity import diff_fingerprints
+
+    out, before, after = mimicry_run
+    card, report = out.args
+    assert card.ndim == 4 and card.shape[0] == 1 and card.shape[-1] == 3
+    data = json.loads(report)
+    assert set(data["conditions"]) >= {"base", "clean", "cloaked"}
+    (ui_report,) = out.ui["stylecloak_mimicry"]
+    assert ui_report == pack.glue.json_safe(data)
+    json.dumps(ui_report, allow_nan=False)
+    assert not diff_fingerprints(before, after), "the graph's model changed"
+
+
+# ------------------------------------------------------------------------------------------------ web/
+HARNESS = r"""
+// Runs web/stylecloak.js against stand-ins of ComfyUI's app/api and a tiny DOM; prints what it drew as JSON.
+import { readFileSync } from "node:fs";
+const registry = {};
+class El {
+  constructor(tag) { this.tagName = tag; this.children = []; this.style = {}; this.listeners = {};
+    this.className = ""; this.textContent = ""; }
+  append(...c) { this.children.push(...c); } appendChild(c) { this.children.push(c); }
+  replaceChildren(...c) { this.children = c; }
+  addEventListener(k, f) { (this.listeners[k] ||= []).push(f); }
+  fire(k, e = {}) { (this.listeners[k] || []).forEach((f) => f(e)); }
+  getBoundingClientRect() { return { left: 0, width: 200 }; }
+  set id(v) { registry[v] = this; this._id = v; } get id() { return this._id; }
+  all() { return [this, ...this.children.flatMap((c) => c.all ? c.all() : [])]; }
+}
+globalThis.document = { createElement: (t) => new El(t), getElementById: (i) => registry[i] || null,
+                        head: new El("head") };
+const extensions = [];
+globalThis.__app = { registerExtension: (e) => extensions.push(e) };
+await import("./extensions/stylecloak/stylecloak.js");
+const payloads = JSON.parse(readFileSync(process.argv[2], "utf8"));
+function makeNode(name) {
+  const calls = [];
+  function NodeType() { this.widgets = []; this.size = [100, 100]; }
+  NodeType.prototype.onExecuted = function (m) { calls.push(m); };
+  NodeType.prototype.addDOMWidget = function (name, type, element, options) {
+    const w = { name, type, element, options }; this.widgets.push(w); return w; };
+  NodeType.prototype.computeSize = function () { return [150, 300]; };
+  NodeType.prototype.setSize = function (s) { this.size = s; };
+  return { NodeType, calls, name };
+}
+const out = { extensions: extensions.map((e) => e.name), runs: [] };
+for (const [name, messages] of payloads) {
+  const t = makeNode(name);
+  const original = t.NodeType.prototype.onExecuted;
+  for (const e of extensions) await e.beforeRegisterNodeDef(t.NodeType, { name });
+  const node = new t.NodeType();
+  const run = { name, wrapped: t.NodeType.prototype.onExecuted !== original, states: [] };
+  for (const m of messages) {
+    node.onExecuted(m);
+    const w = node.widgets[0];
+    const els = w ? w.element.all() : [];
+    const slider = els.find((e) => e.type === "range");
+    if (slider) { slider.value = "30"; slider.fire("input"); }
+    run.states.push({ widgets: node.widgets.map((x) => [x.name, x.options.serialize, x.serialize]),
+      minHeight: w ? w.options.getMinHeight() : null,
+      srcs: els.filter((e) => e.tagName === "img").map((e) => e.src),
+      clip: els.filter((e) => e.tagName === "img").map((e) => e.style.clipPath || ""),
+      rows: els.filter((e) => e.tagName === "tr").map((tr) => tr.children.map((td) => td.textContent)),
+      text: els.map((e) => e.textContent).filter(Boolean), width: node.size[0] });
+  }
+  run.original_calls = t.calls.length;
+  out.runs.push(run);
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node.js not installed")
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "app.js").write_text("export const app = globalThis.__app;\n")
+    (tmp_path / "scripts" / "api.js").write_text("export const api = { apiURL: (p) => '/api' + p };\n")
+    (tmp_path / "extensions" / "stylecloak").mkdir(parents=True)
+    shutil.copy(ROOT / "web" / "stylecloak.js", tmp_path / "extensions" / "stylecloak" / "stylecloak.js")
+    (tmp_path / "harness.js").write_text(HARNESS)
+    ref = lambda f: {"filename": f, "subfolder": "stylecloak", "type": "temp"}  # noqa: E731
+    pair = {"clean": ref("c.png"), "protected": ref("p.png"), "stats": {"psnr": 40.123, "ssim": 0.99,
+                                                                           "linf_255": 8}}
+    report = mimicry_run[0].ui["stylecloak_mimicry"][0]
+    bad = [{}, {"stylecloak_compare": None}, {"stylecloak_compare": [{"clean": 3}]},
+           {"stylecloak_mimicry": [5]}, {"stylecloak_mimicry": "x"}]
+    payloads = [["StyleCloak_ProtectionReport", bad + [{"stylecloak_compare": [pair, pair]},
+                                                       {"stylecloak_compare": [pair]}]],
+                ["StyleCloak_MimicryTest", bad + [{"stylecloak_mimicry": [report]}, {"stylecloak_mimicry": [{}]}]],
+                ["KSampler", [{"stylecloak_compare": [pair]}]]]
+    (tmp_path / "payloads.json").write_text(json.dumps(payloads))
+    proc = subprocess.run([node, "harness.js", "payloads.json"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["extensions"] == ["StyleCloak.Frontend"]
+    compare, mimicry, other = out["runs"]
+    assert not other["wrapped"] and compare["wrapped"] and mimicry["wrapped"]
+    assert compare["original_calls"] == len(bad) + 2 and mimicry["original_calls"] == len(bad) + 2
+    assert all(not s["widgets"] for s in compare["states"][:len(bad)] + mimicry["states"][:len(bad)])
+    shown = compare["states"][len(bad)]
+    assert shown["widgets"] == [["stylecloak_compare", False, False]]
+    assert shown["srcs"] == ["/api/view?filename=p.png&subfolder=stylecloak&type=temp",
+                             "/api/view?filename=c.png&subfolder=stylecloak&type=temp"]
+    assert shown["clip"][1] == "inset(0 70% 0 0)", "the slider wipes the clean image"
+    assert "PSNR 40.12 dB · SSIM 0.9900 · L∞ 8.0/255" in shown["text"] and "1/2" in shown["text"]
+    assert compare["states"][-1]["widgets"] == shown["widgets"], "a new run reuses the widget"
+    table = mimicry["states"][len(bad)]
+    assert table["rows"][0][0] == "condition"
+    assert [r[0] for r in table["rows"][1:]] == list(report["conditions"])
+    assert report["verdict"] in table["text"] and table["width"] >= 560
+    assert mimicry["states"][-1]["rows"] == [table["rows"][0]], "an empty report draws an empty table"

@@ -1,0 +1,226 @@
+// StyleCloak front-end extension for ComfyUI (served from this pack's WEB_DIRECTORY, no dependencies).
+//
+// Adds what the node graph lacks:
+//  * a before/after comparison on "Cloak Image" and "Compare Before / After": drag the slider (or hover the
+//    picture) to wipe between the clean and the protected image, with PSNR / SSIM / L-inf of the pair shown;
+//  * a report viewer on "Mimicry Test": the verdict, the sanity check and one table row per condition.
+// The nodes send their data as UI output (keys "stylecloak_compare" and "stylecloak_mimicry", see
+// nodes/comfy_glue.py); missing or malformed data leaves the node as it is and never throws.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const COMPARE_NODES = new Set(["StyleCloak_CloakImage", "StyleCloak_ProtectionReport"]);
+const MIMICRY_NODE = "StyleCloak_MimicryTest";
+
+const CSS = `
+.stylecloak-box { font: 12px sans-serif; color: var(--input-text, #ddd); display: flex; flex-direction: column;
+  gap: 4px; width: 100%; height: 100%; box-sizing: border-box; overflow: hidden; }
+.stylecloak-stage { position: relative; flex: 1 1 auto; min-height: 80px; cursor: ew-resize; user-select: none; }
+.stylecloak-stage img { position: absolute; inset: 0; width: 100%; height: 100%; object-fit: contain;
+  pointer-events: none; }
+.stylecloak-line { position: absolute; top: 0; bottom: 0; width: 2px; background: #ffcc33; pointer-events: none; }
+.stylecloak-tag { position: absolute; top: 2px; padding: 0 4px; background: rgba(0,0,0,.6); border-radius: 3px;
+  pointer-events: none; }
+.stylecloak-bar { display: flex; gap: 6px; align-items: center; }
+.stylecloak-bar input[type=range] { flex: 1 1 auto; }
+.stylecloak-bar button { padding: 0 6px; }
+.stylecloak-report { overflow: auto; flex: 1 1 auto; }
+.stylecloak-report table { border-collapse: collapse; width: 100%; }
+.stylecloak-report th, .stylecloak-report td { border-bottom: 1px solid rgba(128,128,128,.35); padding: 2px 4px;
+  text-align: right; white-space: nowrap; }
+.stylecloak-report th:first-child, .stylecloak-report td:first-child,
+.stylecloak-report td:last-child { text-align: left; }
+.stylecloak-report td:last-child { white-space: normal; }
+.stylecloak-verdict { font-weight: bold; padding: 2px 4px; border-radius: 3px; }
+.stylecloak-good { background: rgba(60,160,90,.35); } .stylecloak-mid { background: rgba(220,160,40,.35); }
+.stylecloak-bad { background: rgba(210,70,60,.35); } .stylecloak-none { background: rgba(128,128,128,.3); }
+`;
+
+function addStyle() {
+  if (document.getElementById("stylecloak-style")) return;
+  const style = document.createElement("style");
+  style.id = "stylecloak-style";
+  style.textContent = CSS;
+  document.head.appendChild(style);
+}
+
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+
+// A number for display: fixed digits, "–" when absent or not finite.
+export function fmt(value, digits = 3) {
+  return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
+}
+
+// /view URL of a {filename, subfolder, type} reference from the server, or null when it is not one.
+export function viewUrl(ref) {
+  if (!ref || typeof ref.filename !== "string" || !ref.filename) return null;
+  const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || "", type: ref.type || "temp" });
+  return api.apiURL(`/view?${q.toString()}`);
+}
+
+// One line of numbers for an image pair ({psnr, ssim, linf_255, ...}).
+export function pairSummary(stats) {
+  if (!stats || typeof stats !== "object") return "";
+  const parts = [];
+  if (typeof stats.psnr === "number") parts.push(`PSNR ${fmt(stats.psnr, 2)} dB`);
+  if (typeof stats.ssim === "number") parts.push(`SSIM ${fmt(stats.ssim, 4)}`);
+  if (typeof stats.linf_255 === "number") parts.push(`L∞ ${fmt(stats.linf_255, 1)}/255`);
+  return parts.join(" · ");
+}
+
+// Attach (once) a DOM widget to the node; returns the widget's root element.
+function ensureWidget(node, name, minHeight) {
+  let widget = node.widgets?.find((w) => w.name === name);
+  if (!widget) {
+    const root = el("div", "stylecloak-box");
+    widget = node.addDOMWidget(name, "stylecloak", root, {
+      serialize: false, hideOnZoom: false, getMinHeight: () => widget?.stylecloakHeight ?? minHeight,
+    });
+    widget.serialize = false;
+    widget.stylecloakRoot = root;
+  }
+  widget.stylecloakHeight = minHeight;
+  return widget;
+}
+
+function fitNode(node, minWidth) {
+  try {
+    const size = node.computeSize();
+    node.setSize([Math.max(node.size[0], size[0], minWidth), Math.max(node.size[1], size[1])]);
+    node.setDirtyCanvas?.(true, true);
+  } catch (e) { /* sizing is cosmetic */ }
+}
+
+// ------------------------------------------------------------------------------------------- before / after
+function showCompare(node, pairs) {
+  pairs = (Array.isArray(pairs) ? pairs : []).filter((p) => viewUrl(p?.clean) && viewUrl(p?.protected));
+  if (!pairs.length) return;
+  const root = ensureWidget(node, "stylecloak_compare", 260).stylecloakRoot;
+  root.replaceChildren();
+  const stage = el("div", "stylecloak-stage");
+  const after = el("img"), before = el("img"), line = el("div", "stylecloak-line");
+  const tagBefore = el("span", "stylecloak-tag", "clean"), tagAfter = el("span", "stylecloak-tag", "protected");
+  tagBefore.style.left = "2px";
+  tagAfter.style.right = "2px";
+  stage.append(after, before, line, tagBefore, tagAfter);
+  const bar = el("div", "stylecloak-bar");
+  const slider = el("input");
+  Object.assign(slider, { type: "range", min: 0, max: 100, value: 50, title: "clean ← → protected" });
+  const prev = el("button", "", "◀"), next = el("button", "", "▶"), counter = el("span");
+  const stats = el("div", "", "");
+  bar.append(prev, counter, next, slider);
+  root.append(stage, bar, stats);
+
+  let index = 0;
+  const setSplit = (pct) => {
+    pct = Math.min(100, Math.max(0, pct));
+    before.style.clipPath = `inset(0 ${100 - pct}% 0 0)`;
+    line.style.left = `calc(${pct}% - 1px)`;
+    slider.value = String(pct);
+  };
+  const show = (i) => {
+    index = (i + pairs.length) % pairs.length;
+    const pair = pairs[index];
+    before.src = viewUrl(pair.clean);
+    after.src = viewUrl(pair.protected);
+    counter.textContent = `${index + 1}/${pairs.length}`;
+    stats.textContent = pairSummary(pair.stats);
+    prev.disabled = next.disabled = pairs.length < 2;
+  };
+  slider.addEventListener("input", () => setSplit(Number(slider.value)));
+  stage.addEventListener("pointermove", (e) => {
+    const box = stage.getBoundingClientRect();
+    if (box.width > 0) setSplit(((e.clientX - box.left) / box.width) * 100);
+  });
+  prev.addEventListener("click", () => show(index - 1));
+  next.addEventListener("click", () => show(index + 1));
+  setSplit(50);
+  show(0);
+  fitNode(node, 280);
+}
+
+// ------------------------------------------------------------------------------------------- mimicry report
+export function verdictClass(text) {
+  const t = String(text || "").toLowerCase();
+  if (t.startsWith("protected")) return "stylecloak-good";
+  if (t.startsWith("partly")) return "stylecloak-mid";
+  if (t.startsWith("not protected")) return "stylecloak-bad";
+  return "stylecloak-none";
+}
+
+// Table rows [name, trained on, similarity, artist share, success, effect, PSNR, verdict] from a report dict.
+export function reportRows(report) {
+  const conditions = report && typeof report.conditions === "object" ? report.conditions : {};
+  return Object.entries(conditions).map(([name, c]) => {
+    c = c || {};
+    const sim = c.style_similarity || {};
+    const nc = c.nearest_centroid || {};
+    const psnr = c.imperceptibility?.psnr?.mean;
+    return [name, c.trained_on ?? "–", `${fmt(sim.mean)} ± ${fmt(sim.stderr)}`, fmt(nc.artist_share, 2),
+      fmt(nc.protection_success_rate, 2), fmt(c.protection_effect, 2), fmt(psnr, 1), c.verdict || ""];
+  });
+}
+
+function showReport(node, report) {
+  if (!report || typeof report !== "object") return;
+  const rows = reportRows(report);
+  const widget = ensureWidget(node, "stylecloak_report", 90 + 22 * rows.length);
+  const root = widget.stylecloakRoot;
+  root.replaceChildren();
+  const box = el("div", "stylecloak-report");
+  const verdict = el("div", `stylecloak-verdict ${verdictClass(report.verdict)}`, report.verdict || "no verdict");
+  box.append(verdict);
+  const sanity = report.sanity_check || {};
+  const seconds = typeof report.seconds === "number" ? ` · ${fmt(report.seconds, 1)} s` : "";
+  box.append(el("div", "", `sanity check: ${sanity.passed ? "passed" : "not passed"} (gain ${fmt(sanity.gain)}, ` +
+    `margin ${fmt(sanity.margin)})${seconds}`));
+  if (sanity.diagnosis) box.append(el("div", "", sanity.diagnosis));
+  const table = el("table");
+  const head = el("tr");
+  for (const h of ["condition", "trained on", "style similarity", "artist share", "protection success", "effect",
+    "PSNR", "verdict"]) head.append(el("th", "", h));
+  table.append(head);
+  for (const row of rows) {
+    const tr = el("tr");
+    row.forEach((cell, i) => tr.append(el("td", i === row.length - 1 ? verdictClass(cell) : "", cell)));
+    table.append(tr);
+  }
+  box.append(table);
+  const copy = el("button", "", "copy JSON");
+  copy.addEventListener("click", () => navigator.clipboard?.writeText(JSON.stringify(report, null, 2)));
+  box.append(copy);
+  root.append(box);
+  fitNode(node, 560);
+}
+
+// ------------------------------------------------------------------------------------------- registration
+function hookExecuted(nodeType, handler) {
+  const original = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (message) {
+    const result = original?.apply(this, arguments);
+    try {
+      handler(this, message || {});
+    } catch (e) {
+      console.warn("[StyleCloak] could not show the node's result", e);
+    }
+    return result;
+  };
+}
+
+app.registerExtension({
+  name: "StyleCloak.Frontend",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (COMPARE_NODES.has(nodeData?.name)) {
+      addStyle();
+      hookExecuted(nodeType, (node, message) => showCompare(node, message.stylecloak_compare));
+    } else if (nodeData?.name === MIMICRY_NODE) {
+      addStyle();
+      hookExecuted(nodeType, (node, message) => showReport(node, message.stylecloak_mimicry?.[0]));
+    }
+  },
+});
