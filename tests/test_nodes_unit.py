@@ -578,3 +578,26 @@ def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
     assert [r[0] for r in table["rows"][1:]] == list(report["conditions"])
     assert report["verdict"] in table["text"] and table["width"] >= 560
     assert mimicry["states"][-1]["rows"] == [table["rows"][0]], "an empty report draws an empty table"
+
+
+# ------------------------------------------------------------------------------------------------ thumbnails
+def test_workflow_thumbnails_exist_and_their_layout_is_sound():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_workflow_thumbnails",
+                                                  ROOT / "tools" / "make_workflow_thumbnails.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for name, wf in DEFS.WORKFLOWS.items():
+        for ext in ("png", "jpg"):
+            assert (ROOT / "example_workflows" / f"{name}.{ext}").is_file(), f"run tools/make_workflow_thumbnails.py"
+        boxes, sockets_in, sockets_out, (w, h) = tool.geometry(wf["nodes"])
+        assert set(boxes) == set(wf["nodes"])
+        rects = list(boxes.values())
+        for i, a in enumerate(rects):
+            assert 0 <= a[0] and a[2] <= w and 0 <= a[1] and a[3] <= h
+            for b in rects[i + 1:]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], "boxes overlap"
+        links = [(nid, k, v) for nid, (_, ins) in wf["nodes"].items() for k, v in ins.items() if isinstance(v, tuple)]
+        assert {(nid, k) for nid, k, _ in links} == set(sockets_in)
+        assert {v for _, _, v in links} == set(sockets_out)
