@@ -451,11 +451,19 @@ def mimicry_run(pack):
     host, _, (model, clip, vae) = comfy_host(pack)
     from protect_core.integrity import fingerprint
 
+    import functools
+
+    mimicry_nodes = sys.modules["nodes.mimicry_nodes"]
+    full = mimicry_nodes.MimicrySettings  # the node does not expose sampling steps: shorten them for speed
+    mimicry_nodes.MimicrySettings = functools.partial(full, sample_steps=3, reference_samples=2)
     before = fingerprint(host.host_modules())
     clean = _smooth(2, 64, seed=3).contiguous()
-    with torch.inference_mode():
-        out = pack.by_id["StyleCloak_MimicryTest"].execute(clean, clean.flip(1).contiguous(), "cloaked", model, clip,
-                                                           vae, "lora", 2, 4, 0.0, 1, 64, 0)
+    try:
+        with torch.inference_mode():
+            out = pack.by_id["StyleCloak_MimicryTest"].execute(clean, clean.flip(1).contiguous(), "cloaked", model,
+                                                               clip, vae, "lora", 2, 4, 0.0, 1, 64, 0)
+    finally:
+        mimicry_nodes.MimicrySettings = full
     return out, before, fingerprint(host.host_modules())
 
 

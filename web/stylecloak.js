@@ -192,7 +192,9 @@ function showReport(node, report) {
   }
   box.append(table);
   const copy = el("button", "", "copy JSON");
-  copy.addEventListener("click", () => navigator.clipboard?.writeText(JSON.stringify(report, null, 2)));
+  copy.addEventListener("click", () => {
+    navigator.clipboard?.writeText(JSON.stringify(report, null, 2))?.catch?.(() => {});  // http on a LAN: no clipboard
+  });
   box.append(copy);
   root.append(box);
   fitNode(node, 560);
