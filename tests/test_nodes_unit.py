@@ -598,7 +598,7 @@ def test_workflow_thumbnails_exist_and_their_layout_is_sound():
     spec.loader.exec_module(tool)
     for name, wf in DEFS.WORKFLOWS.items():
         for ext in ("png", "jpg"):
-            assert (ROOT / "example_workflows" / f"{name}.{ext}").is_file(), f"run tools/make_workflow_thumbnails.py"
+            assert (ROOT / "example_workflows" / f"{name}.{ext}").is_file(), "run tools/make_workflow_thumbnails.py"
         boxes, sockets_in, sockets_out, (w, h) = tool.geometry(wf["nodes"])
         assert set(boxes) == set(wf["nodes"])
         rects = list(boxes.values())
