@@ -42,7 +42,8 @@ WORKFLOWS = {
             "8": ("StyleCloak_MimicryTest", {"clean": ("2", 0), "train": ("4", 0), "train_name": "cloaked",
                                              "model": ("1", 0), "clip": ("1", 1), "vae": ("1", 2),
                                              "method": "lora", "steps": 200, "rank": 4, "lr": 0.0,
-                                             "samples": 8, "resolution": 512, "seed": 0}),
+                                             "samples": 8, "resolution": 512, "seed": 0, "sample_steps": 25,
+                                             "reference_samples": 8}),
             "9": ("SaveImage", {"images": ("8", 0), "filename_prefix": "stylecloak/mimicry_card"}),
         },
     },
@@ -63,7 +64,8 @@ WORKFLOWS = {
                                              "train_2": ("4", 0), "train_2_name": "purified",
                                              "model": ("1", 0), "clip": ("1", 1), "vae": ("1", 2),
                                              "method": "lora", "steps": 200, "rank": 4, "lr": 0.0,
-                                             "samples": 8, "resolution": 512, "seed": 0}),
+                                             "samples": 8, "resolution": 512, "seed": 0, "sample_steps": 25,
+                                             "reference_samples": 8}),
             "8": ("SaveImage", {"images": ("7", 0), "filename_prefix": "stylecloak/attack_card"}),
         },
     },
@@ -74,10 +76,12 @@ CPU_TEST_OVERRIDES = {
     "protect_one_image": {"3": {"method": "photoguard", "steps": 2}},
     "protect_folder_and_test_mimicry": {
         "2": {"size": 64}, "3": {"size": 64, "timesteps": "500", "noise_seeds": 1, "top_k": 2},
-        "4": {"steps": 1}, "8": {"steps": 1, "samples": 1, "resolution": 64}},
+        "4": {"steps": 1}, "8": {"steps": 1, "samples": 1, "resolution": 64, "sample_steps": 2,
+                                                       "reference_samples": 1}},
     "attack_with_purify_and_retest": {
         "2": {"size": 64}, "3": {"steps": 1, "robust": False},
-        "4": {"params": "{\"iterations\": 2}"}, "7": {"steps": 1, "samples": 1, "resolution": 64}},
+        "4": {"params": "{\"iterations\": 2}"}, "7": {"steps": 1, "samples": 1, "resolution": 64, "sample_steps": 2,
+                                                       "reference_samples": 1}},
 }
 
 

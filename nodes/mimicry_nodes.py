@@ -46,6 +46,10 @@ class MimicryTest(io.ComfyNode):
                                 tooltip="Name of the third training set."),
                 LayerSelectionType.Input("layers", optional=True, tooltip="Fine-tune only these cross-attention "
                                          "layers (default: all attention)."),
+                io.Int.Input("sample_steps", default=25, min=1, max=1000, optional=True,
+                             tooltip="DDIM steps per generated image (fewer = faster, rougher samples)."),
+                io.Int.Input("reference_samples", default=8, min=1, max=256, optional=True,
+                             tooltip="Base-model images forming the 'not the artist' reference set."),
             ],
             outputs=[io.Image.Output("report_card", tooltip="Generated images per condition and score bars."),
                      io.String.Output("report", tooltip="JSON with every number and setting, and the verdict.")],
@@ -55,7 +59,7 @@ class MimicryTest(io.ComfyNode):
     @classmethod
     def execute(cls, clean, train, train_name, model, clip, vae, method, steps, rank, lr, samples, resolution,
                 seed, train_2=None, train_2_name="purified", train_3=None, train_3_name="set3",
-                layers=None) -> io.NodeOutput:
+                layers=None, sample_steps=25, reference_samples=8) -> io.NodeOutput:
         sets = {train_name or "train": comfy_to_list(train)}
         for img, name in ((train_2, train_2_name), (train_3, train_3_name)):
             if img is not None:
@@ -63,7 +67,8 @@ class MimicryTest(io.ComfyNode):
                     raise ValueError(f"two training sets are both named {name!r}")
                 sets[name] = comfy_to_list(img)
         settings = MimicrySettings(method=method, steps=steps, rank=rank, lr=lr or None, samples=samples,
-                                   resolution=resolution, seed=seed,
+                                   resolution=resolution, seed=seed, sample_steps=sample_steps,
+                                   reference_samples=reference_samples,
                                    layers=layers.names if layers is not None else None)
         with comfy_errors():
             host = ComfyHost(model, clip, vae)

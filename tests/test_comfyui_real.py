@@ -71,7 +71,7 @@ class Server:
         assert not reply.get("node_errors"), reply
         return reply["prompt_id"]
 
-    def wait(self, prompt_id: str, timeout: float = 900) -> dict:
+    def wait(self, prompt_id: str, timeout: float = 1800) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
             hist = _call(f"{self.url}/history/{prompt_id}")
@@ -169,7 +169,7 @@ def test_interrupt_mid_cloak_stops_within_seconds(server):
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until the cloak node is running
         q = _call(f"{server.url}/queue")
-        if q.get("queue_running"):
+        if any(item[1] == prompt_id for item in q.get("queue_running", [])):  # ours, not an earlier prompt
             time.sleep(20)  # checkpoint load + first cloak steps
             break
         time.sleep(1)
