@@ -1,8 +1,11 @@
 """The ``stylecloak`` command line (also ``python -m protect_core``).
 
 Each block contributes one subcommand from its own ``cli`` module, which provides ``add_arguments(parser)`` and
-``run(args, host) -> dict``. This module owns what they share: model selection, device, seed, logging, the progress
-bar, the JSON summary and turning expected errors into one clear message (exit code 2) instead of a traceback.
+``run(args, host) -> dict``, and optionally ``needs_host(args) -> bool`` (default True): when it returns False
+(listings, filter-only purify chains, requests that will fail anyway) no model is loaded and ``run`` gets
+``host=None``. Blocks that read images add ``--max-pixels`` with :func:`add_max_pixels`. This module owns what
+they share: model selection (default: the shipped toy model), device, seed, logging, the progress bar, the JSON
+summary and turning expected errors into one clear message (exit code 2) instead of a traceback.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ COMMANDS = {
     "layers": ("protect_core.layers.cli", "rank cross-attention layers by style sensitivity"),
     "purify": ("protect_core.purify.cli", "attack a cloak: IMPRESS, DiffPure, noisy upscale, filters"),
     "mimicry": ("protect_core.mimicry.cli", "fine-tune, generate and score how much style was copied"),
-    "info": ("protect_core.info_cli", "describe a model as StyleCloak sees it"),
+    "info": ("protect_core.info_cli", "describe a model as StyleCloak sees it (default: the shipped toy model)"),
 }
 
 
@@ -40,15 +43,21 @@ def _available():
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stylecloak", description="Protect artwork from style mimicry, attack "
-                                "protections, and test mimicry with Stable Diffusion models.")
+                                "protections, and test mimicry with Stable Diffusion models.",
+                                epilog="Without --model every command uses the shipped toy model "
+                                "(protect_core/assets/toy), which runs on a CPU in seconds but knows only toy "
+                                "styles; pass --model with an SD 1.x/2.x/XL checkpoint or diffusers folder to "
+                                "protect real art. `stylecloak COMMAND --help` lists each command's options.")
     p.add_argument("--version", action="version", version=f"stylecloak {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in _available().items():
         sp = sub.add_parser(name, help=help_, description=help_)
         common = sp.add_argument_group("model and run")
         common.add_argument("--model", default=None, help="diffusers folder, SD 1.x/2.x/XL .safetensors checkpoint, "
-                            "tiny / tiny-v / tiny-xl, or sd15-random / sd2-random / sd2-v-random / sdxl-random "
-                            "(default: the embedded model)")
+                            "toy, tiny / tiny-v / tiny-xl, or sd15-random / sd2-random / sd2-v-random / sdxl-random "
+                            "(default: the shipped toy model, protect_core/assets/toy: SD 1.x architecture at toy "
+                            "size trained on procedural styles; good for trying every command on a CPU, not for "
+                            "protecting real art: pass your SD checkpoint for that)")
         common.add_argument("--tokenizer", default=None, help="folder with the CLIP tokenizer (vocab.json, "
                             "merges.txt) for real checkpoints; see README 'Models and offline loading'")
         common.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
@@ -77,11 +86,7 @@ def main(argv=None) -> int:
     module = importlib.import_module(args._module)
     t0 = time.time()
     try:
-        from .backends.loading import load_host
-
-        extra = {k: v for k, v in (("tokenizer", args.tokenizer), ("prediction_type", args.prediction_type),
-                                   ("config", args.model_config)) if v}
-        host = load_host(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle, **extra)
+        host = load_model(args) if needs_host(module, args) else None
         summary = module.run(args, host)
     except Cancelled as e:
         print(f"stylecloak: {e}", file=sys.stderr)
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
         print(f"stylecloak: error: {e}", file=sys.stderr)
         return 2
     summary = {"command": args.command, "version": __version__, "seconds": round(time.time() - t0, 3),
-               "model": host.describe(), **(summary or {})}
+               **({"model": host.describe()} if host is not None else {}), **(summary or {})}
     text = json.dumps(summary, indent=2, default=str)
     print(text)
     if args.summary:
@@ -102,6 +107,50 @@ def main(argv=None) -> int:
 
         atomic_write_text(args.summary, text + "\n")
     return 0
+
+
+def needs_host(module, args) -> bool:
+    """Whether the subcommand needs the model for these arguments (the block's ``needs_host`` hook, default True)."""
+    hook = getattr(module, "needs_host", None)
+    return True if hook is None else bool(hook(args))
+
+
+def load_model(args):
+    """The HostModel for the common model flags (``--model`` None: the shipped toy model)."""
+    from .backends import loading
+
+    extra = {k: v for k, v in (("tokenizer", args.tokenizer), ("prediction_type", args.prediction_type),
+                               ("config", args.model_config)) if v}
+    return loading.load_host(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
+                             **extra)
+
+
+def parse_max_pixels(text: str) -> int:
+    """``--max-pixels`` value: a pixel count (``67108864``, ``64e6``) or a size ``WxH`` (``8192x8192``)."""
+    raw = str(text).strip().lower().replace(" ", "")
+    try:
+        if "x" in raw:
+            w, h = raw.split("x")
+            value = int(w) * int(h)
+        else:
+            value = int(float(raw))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count like 67108864 or a size like 8192x8192, got "
+                                         f"{text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 pixel, got {text!r}")
+    return value
+
+
+def add_max_pixels(parser, note: str = "") -> None:
+    """The ``--max-pixels`` flag of every subcommand that reads images (passed to ``images.load_image``)."""
+    from .images import DEFAULT_MAX_PIXELS
+
+    side = int(DEFAULT_MAX_PIXELS ** 0.5)
+    parser.add_argument("--max-pixels", type=parse_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N|WxH",
+                        help=f"largest input image accepted, as a pixel count or WxH (default {side}x{side}); "
+                        "larger files are refused from their header before decoding. Raise it if the machine "
+                        "has the memory" + (f"; {note}" if note else ""))
 
 
 def progress_bar(args, total: int, desc: str):
@@ -123,3 +172,7 @@ def progress_bar(args, total: int, desc: str):
         bar.refresh()
 
     return on_step, bar.close
+
+
+if __name__ == "__main__":  # python -m protect_core.cli (same as python -m protect_core)
+    sys.exit(main())

@@ -36,7 +36,8 @@ def test_cli_writes_report(tmp_path, capsys):
     clean = _write_set(tmp_path / "clean", 3, 0)
     cloaked = _write_set(tmp_path / "cloaked", 3, 0, shift=3)
     out = tmp_path / "report"
-    rc = main(["mimicry", "--clean", str(clean), "--train", str(cloaked), "-o", str(out), *FAST])
+    rc = main(["mimicry", "--clean", str(clean), "--train", str(cloaked), "-o", str(out), "--max-pixels", "40x40",
+               *FAST])  # exactly at the limit: accepted
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["conditions"]) == {"base", "clean", "cloaked"}
@@ -65,6 +66,9 @@ def test_cli_names_layers_and_errors(tmp_path, capsys, tiny_host):
     assert rc == 2 and "one name per set" in capsys.readouterr().err
     rc = main(["mimicry", "--clean", str(tmp_path / "nowhere"), "--train", str(a), "-o", str(out), *FAST])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    rc = main(["mimicry", "--clean", str(clean), "--train", str(a), "-o", str(out), "--max-pixels", "1599", *FAST])
+    err = capsys.readouterr().err  # 40x40 = 1600 px, one over the limit: refused with the flag named
+    assert rc == 2 and "over the limit of max_pixels=1599" in err and "--max-pixels" in err
 
 
 def test_read_layer_selection_formats(tmp_path):

@@ -43,9 +43,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-perturbation", action="store_true",
                         help="also write NAME.perturbation.png (amplified delta, grey = unchanged)")
     parser.add_argument("--format", choices=FORMATS, default="png", help="output format (png keeps the cloak)")
-    parser.add_argument("--tile", type=int, default=None, help="largest side cloaked in one piece (px)")
+    parser.add_argument("--tile", type=int, default=None, help="largest side cloaked in one piece (px; default: "
+                        "the method's, 512 for UNet methods, 1024 for encoder-only ones); larger images are cloaked in "
+                        "tiles")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    from ..cli import add_max_pixels
+
+    add_max_pixels(parser, note="images above --tile are cloaked in tiles, so a larger limit costs time rather than "
+                   "GPU memory")
+
+
+def needs_host(args) -> bool:
+    """No model for --list-methods, for requests that fail before any work, or when every output already exists
+    (a resumed run with nothing left to do)."""
+    if args.list_methods or not args.inputs or not args.output:
+        return False
+    from ..images import list_images
+
+    inputs = list_images(args.inputs)
+    return args.overwrite or not all(p.exists() for p in output_paths(inputs, Path(args.output), args.format))
 
 
 def read_layers(path) -> list[str]:
@@ -134,7 +151,7 @@ def run(args, host) -> dict:
             rows[k]["status"] = "skipped (exists)"
             continue
         try:
-            loaded.append(load_image(src))
+            loaded.append(load_image(src, max_pixels=args.max_pixels))
             todo.append(k)
         except StyleCloakError as e:
             rows[k].update(status="failed", error=str(e))

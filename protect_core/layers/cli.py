@@ -37,6 +37,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", default=None, choices=list(PRESETS),
                         help="write a named preset instead of analysing (checked against the model)")
     parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    from ..cli import add_max_pixels
+
+    add_max_pixels(parser)
+
+
+def needs_host(args) -> bool:
+    """No model for --list-presets or a request without -o (it fails before any work); presets are checked
+    against the model, so they load it."""
+    return not args.list_presets and bool(args.output) and bool(args.preset or args.inputs)
 
 
 def parse_timesteps(text: str) -> tuple[int, ...]:
@@ -78,7 +87,7 @@ def run(args, host) -> dict:
                                 size=args.size, batch_size=args.batch_size,
                                 correlation_weight=args.correlation_weight)
     files = list_images(args.inputs)
-    images = [load_image(f).rgb for f in files]
+    images = [load_image(f, max_pixels=args.max_pixels).rgb for f in files]
     descriptor = ClipDescriptor(args.clip) if args.clip else None
     on_step, close = progress_bar(args, 0, "layers")
     try:

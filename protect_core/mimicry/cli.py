@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
                     help="other styles for the nearest-centroid attribution (default: base-model generations)")
     io.add_argument("-o", "--out", required=True, help="report folder (report.json, report.png)")
     io.add_argument("--save-samples", action="store_true", help="also write every generated image")
+    from ..cli import add_max_pixels
+
+    add_max_pixels(io)
     ft = p.add_argument_group("fine-tune")
     ft.add_argument("--method", choices=["lora", "dreambooth"], default=d.method)
     ft.add_argument("--rank", type=int, default=d.rank)
@@ -72,11 +75,11 @@ def read_layer_selection(path) -> list[str]:
     return names
 
 
-def _load(paths) -> tuple[list, list[Path]]:
-    from ..images import list_images, load_image
+def _load(paths, max_pixels: int | None = None) -> tuple[list, list[Path]]:
+    from ..images import DEFAULT_MAX_PIXELS, list_images, load_image
 
     files = list_images(paths)
-    return [load_image(f).rgb for f in files], files
+    return [load_image(f, max_pixels=max_pixels or DEFAULT_MAX_PIXELS).rgb for f in files], files
 
 
 def _pair_by_stem(clean_files: list[Path], files: list[Path], images: list) -> list:
@@ -119,14 +122,15 @@ def run(args, host) -> dict:
     from .style import ClipVisionEmbedder, DescriptorEmbedder
 
     names = _names(args)
-    clean, clean_files = _load(args.clean)
+    limit = getattr(args, "max_pixels", None)
+    clean, clean_files = _load(args.clean, limit)
     train = {}
     for name, path in zip(names, args.train):
-        imgs, files = _load([path])
+        imgs, files = _load([path], limit)
         train[name] = _pair_by_stem(clean_files, files, imgs)
     refs = None
     if args.reference:
-        refs = {Path(r).name or f"reference{i}": _load([r])[0] for i, r in enumerate(args.reference)}
+        refs = {Path(r).name or f"reference{i}": _load([r], limit)[0] for i, r in enumerate(args.reference)}
     settings = _settings(args, clean)
     embedder = ClipVisionEmbedder(args.clip) if args.clip else DescriptorEmbedder(host, seed=settings.seed)
     on_step, close = progress_bar(args, 0, "mimicry")

@@ -39,6 +39,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
                         help="default: the papers' settings; quick: fewer iterations")
     parser.add_argument("--format", choices=FORMATS, default="png", help="output format (same = input's)")
+    from ..cli import add_max_pixels
+
+    add_max_pixels(parser)
+
+
+def needs_host(args) -> bool:
+    """Only a chain with a diffusion stage (impress, diffpure, gridpure, noisy_upscale, ...) loads the model;
+    --list-methods, filter-only chains (jpeg, noise, blur, ...) and bad requests do not."""
+    if args.list_methods or not args.inputs or not args.output:
+        return False
+    return any(get_purifier(name).needs_host for name, _ in build_chain(args))
 
 
 def parse_value(text: str):
@@ -121,7 +132,7 @@ def run(args, host) -> dict:
             rows.append(row)
             t0 = time.perf_counter()
             try:
-                img = load_image(src)
+                img = load_image(src, max_pixels=args.max_pixels)
             except StyleCloakError as e:
                 row.update(status="failed", error=str(e))
                 log.warning("%s", e)
