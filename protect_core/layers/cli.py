@@ -16,8 +16,8 @@ from .selection import PRESETS, LayerSelection
 
 def add_arguments(parser) -> None:
     d = AnalysisSettings()
-    parser.add_argument("inputs", nargs="*", metavar="IMAGES", help="image files and/or folders (one works; 3 or more add "
-                        "the correlation term)")
+    parser.add_argument("inputs", nargs="*", metavar="IMAGES",
+                        help="image files and/or folders (one works; 3 or more add the correlation term)")
     parser.add_argument("-o", "--output", help="write the selection JSON here")
     parser.add_argument("--top-k", type=int, default=4, help="how many layers to select (default 4)")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also draw the heat map (layers x timesteps)")
