@@ -11,14 +11,6 @@ from protect_core.lora import LoRA, WeightCopies, attention_targets
 PROMPT = "an artwork in sks style"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine's 2 cores are shared; one thread per test process is faster and steadier here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _fixed_loss(host, latents, cond, overrides, seed=123):
     g = torch.Generator().manual_seed(seed)

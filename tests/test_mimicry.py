@@ -13,14 +13,6 @@ from protect_core.mimicry.finetune import finetune
 from protect_core.progress import CancelToken, Progress
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine's 2 cores are shared; one thread per test process is faster and steadier here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small(**kw) -> MimicrySettings:
     base = dict(resolution=32, steps=2, lr=1e-3, batch_size=2, samples=2, sample_steps=2, sample_batch=2,

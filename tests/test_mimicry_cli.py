@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from protect_core.cli import main
@@ -14,13 +13,6 @@ from protect_core.mimicry.cli import read_layer_selection
 FAST = ["--model", "tiny", "--quiet", "--steps", "2", "--samples", "2", "--sample-steps", "2",
         "--sample-batch", "2", "--reference-samples", "2", "--batch-size", "2"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _write_set(folder, n, seed, shift=0, size=40):

@@ -12,13 +12,6 @@ from protect_core.mimicry.runner import _verdicts
 from protect_core.mimicry.style import ClipVisionEmbedder, DescriptorEmbedder, StyleEmbedder, stack_images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _stripes(n, seed, size=32):
     g = torch.Generator().manual_seed(seed)

@@ -2,20 +2,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 toy_model = pytest.importorskip("protect_core.toy.model")
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not toy_model.toy_available(), reason="no trained toy model in the assets")]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_fine_tune_on_clean_held_out_style_raises_its_scores():

@@ -18,7 +18,7 @@ import torch
 
 import fake_comfy
 from contract import CHECKS, ENDINGS, check_restored_after
-from ldm_tiny import EPS, V_PREDICTION, forge_model, one_thread  # noqa: F401 (autouse fixture)
+from ldm_tiny import EPS, V_PREDICTION, forge_model  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_IDS = {"StyleCloak_CloakImage", "StyleCloak_ProtectionReport", "StyleCloak_SelectStyleLayers",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from contract import CHECKS, ENDINGS, check_restored_after
-from ldm_tiny import a1111_model, forge_model, one_thread  # noqa: F401 (autouse fixture)
+from ldm_tiny import a1111_model, forge_model  # noqa: F401 (fixtures)
 from protect_core.backends.diffusers_host import DiffusersHost
 from protect_core.errors import ModelError
 from sdwebui.a1111_host import A1111Host

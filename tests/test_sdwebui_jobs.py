@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldm_tiny import a1111_model, one_thread  # noqa: F401 (autouse fixture)
+from ldm_tiny import a1111_model  # noqa: F401 (fixtures)
 from protect_core.errors import Cancelled, StyleCloakError
 from sdwebui import jobs
 from sdwebui.a1111_host import A1111Host
