@@ -1,0 +1,479 @@
+"""Speed and memory at real scale: seconds per optimisation step and peak memory of the cloak methods, the purifiers
+and the mimicry fine-tune on SD1.5- and SDXL-size random-weight models (cost depends on the architecture, not on
+trained weights), against a plain-diffusers reference PGD loop (benchmarks/perf_reference.py) run in the same
+process, so the engine's overhead comes out as a ratio. Markdown table to stdout and benchmarks/results/perf_<tag>.md,
+rows as JSON (perf_<tag>.json) and a PNG chart of time and memory against pixel count (perf_<tag>.png, PIL only).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/perf.py --kinds sd15 --sizes 256 --batches 1 --steps 3   # CPU subset
+    python benchmarks/perf.py --device cuda --kinds sd15,sdxl --sizes 256,512,1024 --batches 1,4 --modes fast,low
+    python benchmarks/perf.py --merge a.json b.json --tag h100                      # one table from several runs
+
+s/step: median time between consecutive progress steps (the first step, with its warm-up, is excluded; setup such
+as Glaze's img2img target is not in it). Peak memory is absolute, model weights included: CUDA
+``max_memory_allocated``/``max_memory_reserved`` (reset per row); CPU peak RSS (VmHWM, reset per row when the
+kernel allows, otherwise the process's lifetime peak, marked *). "ref x" = engine s/step over the reference's for
+the same model, size, batch and mode "fast" (1.00 = no overhead). Rows are measured in priority order and written
+as they finish; ``--budget-s`` stops starting new rows after that many seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import perf_reference as ref  # noqa: E402
+
+from protect_core.cloak.base import get_method  # noqa: E402
+from protect_core.cloak.optimize import optimize  # noqa: E402
+from protect_core.cloak.presets import settings_for  # noqa: E402
+from protect_core.memory import memory_mode, memory_session  # noqa: E402
+from protect_core.progress import Progress  # noqa: E402
+
+#: per-method options that shorten setup only (not the per-step work): Glaze's img2img target in 2 DDIM steps
+SHORT_SETUP = {"glaze": {"target_steps": 2}, "mist": {"objective_samples": 1}, "styleprotect": {"objective_samples": 1}}
+PURIFY = {"impress": {"perceptual": "dssim"}, "diffpure": {"strength": 1.0}, "jpeg": {}}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ---- memory --------------------------------------------------------------------------------------------------------
+def reset_peak(device) -> bool:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_mib(device) -> tuple[float, float | None]:
+    """(peak allocated or RSS, peak reserved or None) in MiB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20, torch.cuda.max_memory_reserved() / 2**20
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, None
+    return float("nan"), None
+
+
+def resident_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated() / 2**20
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---- one row ---------------------------------------------------------------------------------------------------------
+class Stamps:
+    def __init__(self, device):
+        self.device, self.t = device, []
+
+    def __call__(self, *_a, **_k):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.t.append(time.perf_counter())
+
+    def per_step(self) -> float:
+        d = [b - a for a, b in zip(self.t, self.t[1:])]
+        return statistics.median(d) if d else float("nan")
+
+
+def measure(row: dict, device, fn) -> dict:
+    """Run ``fn(stamps)`` once, filling s/step and peak memory into ``row``; errors become a note."""
+    stamps = Stamps(device)
+    exact = reset_peak(device)
+    t0 = time.perf_counter()
+    try:
+        note = fn(stamps) or ""
+        alloc, reserved = peak_mib(device)
+        row.update(s_per_step=stamps.per_step(), seconds=time.perf_counter() - t0, peak_mib=alloc,
+                   reserved_mib=reserved, exact_peak=exact, note=note)
+    except Exception as e:  # a row that fails (e.g. out of memory) is reported, not fatal
+        row.update(s_per_step=float("nan"), seconds=time.perf_counter() - t0, peak_mib=float("nan"),
+                   reserved_mib=None, exact_peak=exact, note=f"{type(e).__name__}: {str(e).splitlines()[0][:90]}")
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def images_for(batch, size, device):
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(batch, 3, size // 16, size // 16, generator=g)
+    x = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+    return (x + 0.05 * torch.rand(batch, 3, size, size, generator=g)).clamp(0, 1).to(device)
+
+
+def cloak_row(host, name, x, steps, mode, options=None):
+    def run(stamps):
+        method = get_method(name)
+        opts = {**SHORT_SETUP.get(name, {}), **(options or {})}
+        s = settings_for(method, "default", steps=steps, options=opts)
+        _, info = optimize(host, method, x, s, Progress(on_step=stamps), memory=mode)
+        mem = info["memory"]
+        run.losses = info["losses"]
+        return ("sds " if mem.get("score_distillation") else "") + (f"autocast {mem['autocast']}"
+                                                                    if mem.get("autocast") else "")
+    return run
+
+
+def reference_row(host, which, x, steps):
+    def run(stamps):
+        vae, unet = host.vae, host.unet
+        if which == "encoder":
+            s = settings_for(get_method("photoguard"), "default", steps=steps)
+            with torch.no_grad():
+                target = ref.vae_latents(vae, torch.full_like(x, 0.5))
+            _, run.losses = ref.encoder_pgd(vae, x, target, s.eps, s.step_size, steps, stamps)
+        else:
+            s = settings_for(get_method("mist"), "default", steps=steps)
+            cond = host.encode_text([s.prompt])
+            _, run.losses = ref.unet_pgd(vae, unet, host.alphas_cumprod, x, cond.context, cond.pooled, s.eps,
+                                         s.step_size, steps, seed=int(s.seed), on_step=stamps)
+        return ""
+    return run
+
+
+def purify_row(host, name, x, steps, mode):
+    from protect_core.purify import purify
+
+    params = dict(PURIFY[name])
+    params.update({"impress": {"iterations": steps}, "diffpure": {"steps": steps}}.get(name, {}))
+
+    def run(stamps):
+        with host.borrowed(), memory_session(host, mode):
+            reps = steps if name == "jpeg" else 1   # a filter is one pass: time several
+            for _ in range(reps):
+                purify(host, x, [(name, params)], progress=Progress(on_step=stamps))
+        return ""
+    return run
+
+
+def mimicry_row(host, x, steps, mode):
+    from protect_core.mimicry import MimicrySettings
+    from protect_core.mimicry.finetune import finetune
+
+    def run(stamps):
+        s = MimicrySettings(method="lora", rank=4, steps=steps, batch_size=x.shape[0], resolution=x.shape[-1])
+        with host.borrowed(), memory_session(host, mode):
+            res = finetune(host, x, s, progress=Progress(on_step=stamps))
+        return f"{res.trainable_parameters} LoRA params"
+    return run
+
+
+# ---- the plan --------------------------------------------------------------------------------------------------------
+def plan(args) -> list[dict]:
+    """Rows in priority order: batch 1 before 4, small before large, references next to their engine rows."""
+    rows = []
+    for batch in args.batches:
+        for size in args.sizes:
+            for mode in args.modes:
+                for name in args.methods:
+                    rows.append(dict(block="cloak", method=name, size=size, batch=batch, mode=mode))
+                if mode == "fast" and "reference" in args.blocks:
+                    rows.append(dict(block="cloak", method="mist-semantic", size=size, batch=batch, mode=mode))
+                    rows.append(dict(block="reference", method="unet-pgd", size=size, batch=batch, mode=mode))
+                    rows.append(dict(block="cloak", method="photoguard", size=size, batch=batch, mode=mode))
+                    rows.append(dict(block="reference", method="encoder-pgd", size=size, batch=batch, mode=mode))
+                if "purify" in args.blocks:
+                    rows += [dict(block="purify", method=p, size=size, batch=batch, mode=mode) for p in args.purifiers]
+                if "mimicry" in args.blocks:
+                    rows.append(dict(block="mimicry", method="lora", size=size, batch=batch, mode=mode))
+    seen, out = set(), []
+    for r in rows:  # photoguard may be both a listed method and the encoder reference's partner: measure once
+        key = (r["block"], r["method"], r["size"], r["batch"], r["mode"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def row_fn(host, r, x, steps):
+    mode = memory_mode(r["mode"])
+    if r["block"] == "reference":
+        return reference_row(host, "encoder" if r["method"] == "encoder-pgd" else "unet", x, steps)
+    if r["block"] == "purify":
+        return purify_row(host, r["method"], x, steps, mode)
+    if r["block"] == "mimicry":
+        return mimicry_row(host, x, steps, mode)
+    if r["method"] == "mist-semantic":
+        return cloak_row(host, "mist", x, steps, mode, {"mode": "semantic"})
+    return cloak_row(host, r["method"], x, steps, mode)
+
+
+def run_kind(args, kind, device, sink) -> list[dict]:
+    from protect_core.random_models import build_random_host
+
+    t0 = time.perf_counter()
+    if kind.startswith("tiny"):   # smoke tests of this script (CPU)
+        from protect_core.tiny_models import build_tiny_host
+        host = build_tiny_host(kind, dtype=DTYPES[args.dtype])
+    else:
+        host = build_random_host(kind, dtype=DTYPES[args.dtype], device=device)
+    built = time.perf_counter() - t0
+    model_mib = resident_mib(device)
+    print(f"# {kind}: built in {built:.1f} s, {model_mib:.0f} MiB resident", file=sys.stderr, flush=True)
+    done = []
+    for r in plan(args):
+        if time.perf_counter() - args.start > args.budget_s:
+            print(f"# budget reached: skipping {r}", file=sys.stderr, flush=True)
+            continue
+        row = dict(r, model=kind, dtype=args.dtype, device=args.device_name, model_mib=model_mib, steps=args.steps)
+        x = images_for(r["batch"], r["size"], device)
+        fn = row_fn(host, r, x, args.steps)
+        measure(row, device, fn)
+        row["losses"] = getattr(fn, "losses", None)
+        done.append(row)
+        sink(row)
+        print(f"# {fmt_row(row)}", file=sys.stderr, flush=True)
+    add_ratios(done)
+    del host
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return done
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Engine over reference, and whether the engine's losses match the reference's (same seeds, same path)."""
+    pairs = {"unet-pgd": "mist-semantic", "encoder-pgd": "photoguard"}
+    for r in rows:
+        if r["block"] != "reference":
+            continue
+        for e in rows:
+            if (e["block"] == "cloak" and e["method"] == pairs[r["method"]] and e["mode"] == "fast"
+                    and (e["model"], e["size"], e["batch"], e["dtype"]) == (r["model"], r["size"], r["batch"],
+                                                                            r["dtype"])):
+                e["ref_ratio"] = e["s_per_step"] / r["s_per_step"] if r["s_per_step"] else float("nan")
+                if e.get("losses") and r.get("losses"):
+                    dev = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(e["losses"], r["losses"]))
+                    e["note"] = (e.get("note", "") + f" losses vs ref: rel. diff {dev:.1e}").strip()
+
+
+# ---- output ----------------------------------------------------------------------------------------------------------
+HEADER = ("| model | dtype | block | method | mode | size | batch | s / step | ref x | peak MiB | reserved MiB "
+          "| model MiB | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _n(v, f="{:.3f}"):
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)
+
+
+def fmt_row(r: dict) -> str:
+    peak = _n(r.get("peak_mib"), "{:.0f}") + ("" if r.get("exact_peak", True) else "*")
+    return (f"| {r['model']} | {r['dtype']} | {r['block']} | {r['method']} | {r['mode']} | {r['size']} | {r['batch']} "
+            f"| {_n(r.get('s_per_step'))} | {_n(r.get('ref_ratio'), '{:.2f}')} | {peak} "
+            f"| {_n(r.get('reserved_mib'), '{:.0f}')} | {_n(r.get('model_mib'), '{:.0f}')} | {r.get('note', '')} |")
+
+
+def linearity(rows: list[dict]) -> list[str]:
+    """Slope of log(s/step) against log(pixels) per series (1.0 = time linear in pixel count)."""
+    out, series = [], {}
+    for r in rows:
+        if r.get("s_per_step") and not math.isnan(r["s_per_step"]):
+            key = (r["model"], r["dtype"], r["block"], r["method"], r["mode"])
+            series.setdefault(key, []).append((r["size"] ** 2 * r["batch"], r["s_per_step"]))
+    for key, pts in sorted(series.items()):
+        pts = sorted(set(pts))
+        if len(pts) < 3:
+            continue
+        lx, ly = [math.log(p) for p, _ in pts], [math.log(t) for _, t in pts]
+        mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+        slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+        lo = max(1, len(pts) // 2)   # the upper half only: fixed per-step costs flatten the small sizes
+        hx, hy = lx[lo - 1:], ly[lo - 1:]
+        top = (hy[-1] - hy[0]) / (hx[-1] - hx[0]) if len(hx) > 1 and hx[-1] != hx[0] else float("nan")
+        out.append(f"| {' | '.join(map(str, key))} | {len(pts)} | {slope:.2f} | {top:.2f} |")
+    return out
+
+
+def report(rows: list[dict], title: str) -> str:
+    lines = [f"# Performance: {title}", "", HEADER] + [fmt_row(r) for r in rows]
+    lin = linearity(rows)
+    if lin:
+        lines += ["", "Time vs pixel count (log-log slope of s/step against size x size x batch; 1.00 = linear):", "",
+                  "| model | dtype | block | method | mode | points | slope (all) | slope (upper half) |",
+                  "|---|---|---|---|---|---|---|---|"] + lin
+    return "\n".join(lines) + "\n"
+
+
+def device_tag(device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    m = re.search(r"\b([a-z]\d{2,4}[a-z]?)\b", name.replace("nvidia", ""))
+    return f"cuda-{m.group(1) if m else re.sub(r'[^a-z0-9]+', '-', name).strip('-')}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--kinds", default="sd15,sdxl", help="random-weight architectures: sd15, sd2, sd2-v, sdxl")
+    p.add_argument("--sizes", default="256,512,1024")
+    p.add_argument("--batches", default="1,4")
+    p.add_argument("--methods", default="glaze,photoguard,mist,styleprotect")
+    p.add_argument("--purifiers", default="impress,diffpure,jpeg")
+    p.add_argument("--blocks", default="cloak,reference,purify,mimicry")
+    p.add_argument("--modes", default="fast", help="memory modes: fast, balanced, low")
+    p.add_argument("--steps", type=int, default=4, help="measured steps per row (the first is warm-up)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="the model's weights")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--budget-s", type=float, default=float("inf"))
+    p.add_argument("--memory-cap-gib", type=float, default=None, help="CUDA: cap this process's memory")
+    p.add_argument("--tag", default=None, help="results file suffix (default: cpu / cuda-<gpu>)")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--merge", nargs="*", default=None, help="JSON files of earlier runs: re-render only")
+    args = p.parse_args(argv)
+    args.start = time.perf_counter()
+    split = lambda s: [v for v in s.split(",") if v]  # noqa: E731
+    if args.merge:
+        rows = [r for f in args.merge for r in load_rows(f)]
+        add_ratios(rows)
+        return write_outputs(args, rows, args.tag or "merged", "merged runs")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.sizes, args.batches = [int(v) for v in split(args.sizes)], [int(v) for v in split(args.batches)]
+    args.methods, args.purifiers = split(args.methods), split(args.purifiers)
+    args.blocks, args.modes = split(args.blocks), split(args.modes)
+    if device.type == "cuda" and args.memory_cap_gib:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), device)
+    args.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    tag = args.tag or device_tag(device)
+    os.makedirs(args.out, exist_ok=True)
+    partial = open(os.path.join(args.out, f"perf_{tag}.jsonl"), "a")
+    sink = lambda row: (partial.write(json.dumps(row) + "\n"), partial.flush())  # noqa: E731
+    rows = []
+    for kind in split(args.kinds):
+        rows += run_kind(args, kind, device, sink)
+    title = (f"{args.device_name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+             f"{args.steps} steps per row" + (f", memory cap {args.memory_cap_gib} GiB" if args.memory_cap_gib else ""))
+    return write_outputs(args, rows, tag, title)
+
+
+# ---- chart (PIL only) --------------------------------------------------------------------------------------------
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (120, 200, 120)]
+
+
+def _ok(v) -> bool:
+    return isinstance(v, (int, float)) and v == v and v > 0
+
+
+def _marker(d, x, y, mode, c):
+    if mode == "fast":
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
+    elif mode == "low":
+        d.rectangle([x - 3, y - 3, x + 3, y + 3], fill=c)
+    else:
+        d.polygon([(x, y - 4), (x - 4, y + 3), (x + 4, y + 3)], fill=c)
+
+
+def _panel(d, box, series, key, label, colours, slope_one=False):
+    """Log-log panel of ``key`` against pixels; one line per (method, mode) series."""
+    x0, y0, x1, y1 = box
+    pts = [(px, r[key]) for s in series.values() for px, r in s if _ok(r.get(key))]
+    d.rectangle(box, outline=(0, 0, 0))
+    d.text((x0, y0 - 14), label, fill=(0, 0, 0))
+    if not pts:
+        return
+    ax0, ax1 = math.floor(math.log10(min(p for p, _ in pts)) * 2) / 2, math.ceil(
+        math.log10(max(p for p, _ in pts)) * 2) / 2 + 0.25
+    ay0, ay1 = math.floor(math.log10(min(v for _, v in pts))), math.ceil(math.log10(max(v for _, v in pts)) + 1e-9)
+    ay1 = max(ay1, ay0 + 1)
+    X = lambda v: x0 + (math.log10(v) - ax0) / (ax1 - ax0) * (x1 - x0)  # noqa: E731
+    Y = lambda v: y1 - (math.log10(v) - ay0) / (ay1 - ay0) * (y1 - y0)  # noqa: E731
+    for e in range(int(ay0), int(ay1) + 1):
+        d.line([(x0, Y(10 ** e)), (x1, Y(10 ** e))], fill=(225, 225, 225))
+        d.text((x0 - 40, Y(10 ** e) - 6), f"1e{e}", fill=(0, 0, 0))
+    e = ax0
+    while e <= ax1:
+        d.line([(X(10 ** e), y0), (X(10 ** e), y1)], fill=(225, 225, 225))
+        d.text((X(10 ** e) - 12, y1 + 4), f"{10 ** e / 1e6:.2g}", fill=(0, 0, 0))
+        e += 0.5
+    d.text((x1 - 190, y1 + 18), "Mpx (size x size x batch)", fill=(0, 0, 0))
+    if slope_one:   # grey: time proportional to pixels, through the smallest point
+        px, v = min(pts)
+        line = [(X(10 ** u), Y(v * 10 ** u / px)) for u in (ax0, ax1)]
+        if all(y0 - 1 <= y <= y1 + 1 for _, y in line):
+            d.line(line, fill=(170, 170, 170), width=1)
+    for (method, mode), s in series.items():
+        xy = [(X(px), Y(r[key])) for px, r in sorted(s, key=lambda t: t[0]) if _ok(r.get(key))]
+        if len(xy) > 1:
+            d.line(xy, fill=colours[method], width=2 if mode == "fast" else 1)
+        for cx, cy in xy:
+            _marker(d, cx, cy, mode, colours[method])
+
+
+def draw_chart(rows: list[dict], path: str, title: str) -> None:
+    """One row of two panels (s/step, peak MiB) per model and dtype; colour = method, marker = memory mode
+    (circle fast, triangle balanced, square low); grey line = time linear in pixel count."""
+    from PIL import Image, ImageDraw
+
+    models = sorted({(r["model"], r["dtype"]) for r in rows})
+    methods = sorted({f"{r['block']}:{r['method']}" for r in rows})
+    colours = {m: COLOURS[i % len(COLOURS)] for i, m in enumerate(methods)}
+    h = 360
+    img = Image.new("RGB", (1400, 60 + h * len(models) + 18 * ((len(methods) + 3) // 4) + 30), "white")
+    d = ImageDraw.Draw(img)
+    d.text((20, 10), f"StyleCloak performance: {title}"[:220], fill=(0, 0, 0))
+    for i, (model, dtype) in enumerate(models):
+        series = {}
+        for r in rows:
+            if (r["model"], r["dtype"]) == (model, dtype):
+                series.setdefault((f"{r['block']}:{r['method']}", r["mode"]), []).append(
+                    (r["size"] ** 2 * r["batch"], r))
+        top = 60 + i * h
+        _panel(d, (70, top + 20, 660, top + h - 50), series, "s_per_step",
+               f"{model} {dtype}: seconds per step (log)", colours, slope_one=True)
+        _panel(d, (770, top + 20, 1360, top + h - 50), series, "peak_mib",
+               f"{model} {dtype}: peak memory MiB (log, weights included)", colours)
+    y = 60 + h * len(models)
+    for j, m in enumerate(methods):
+        x = 20 + (j % 4) * 340
+        d.rectangle([x, y + (j // 4) * 18 + 3, x + 10, y + (j // 4) * 18 + 11], fill=colours[m])
+        d.text((x + 16, y + (j // 4) * 18), m, fill=(0, 0, 0))
+    d.text((20, img.height - 20), "marker: circle = fast, triangle = balanced, square = low; grey line: time "
+           "proportional to pixels", fill=(0, 0, 0))
+    img.save(path)
+
+
+def load_rows(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()] if path.endswith(".jsonl") else json.load(f)
+
+
+def write_outputs(args, rows, tag, title) -> int:
+    text = report(rows, title)
+    print(text)
+    base = os.path.join(args.out, f"perf_{tag}")
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    with open(base + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    draw_chart(rows, base + ".png", title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
