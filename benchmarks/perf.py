@@ -181,6 +181,21 @@ def mimicry_row(host, x, steps, mode):
     return run
 
 
+def runner_row(host, x, steps, memory):
+    """The user's path: ``cloak_images`` with the default method (tiling, memory choice, out-of-memory fallback)."""
+    from protect_core.cloak.base import CloakSettings
+    from protect_core.cloak.runner import cloak_images
+
+    def run(stamps):
+        s = CloakSettings(method="glaze", steps=steps, options=dict(SHORT_SETUP["glaze"]))
+        res = cloak_images(host, list(x), s, Progress(on_step=stamps), memory=memory)
+        st = res[0].stats
+        falls = len(st["memory"].get("fallbacks") or [])
+        return (f"glaze; chose memory={st['memory']['name']}{f' after {falls} OOM fallback(s)' if falls else ''}; "
+                f"{st['tiles']} tile(s); {sum(r.stats['seconds'] for r in res):.1f} s in optimize")
+    return run
+
+
 # ---- the plan --------------------------------------------------------------------------------------------------------
 def plan(args) -> list[dict]:
     """Rows in priority order: batch 1 before 4, small before large, references next to their engine rows."""
@@ -199,6 +214,9 @@ def plan(args) -> list[dict]:
                     rows += [dict(block="purify", method=p, size=size, batch=batch, mode=mode) for p in args.purifiers]
                 if "mimicry" in args.blocks:
                     rows.append(dict(block="mimicry", method="lora", size=size, batch=batch, mode=mode))
+    if "runner" in args.blocks:
+        rows += [dict(block="runner", method="cloak_images", size=size, batch=1, mode=mode)
+                 for size in args.runner_sizes for mode in args.runner_modes]
     seen, out = set(), []
     for r in rows:  # photoguard may be both a listed method and the encoder reference's partner: measure once
         key = (r["block"], r["method"], r["size"], r["batch"], r["mode"])
@@ -209,13 +227,15 @@ def plan(args) -> list[dict]:
 
 
 def row_fn(host, r, x, steps):
-    mode = memory_mode(r["mode"])
+    mode = memory_mode(r["mode"]) if r["block"] != "runner" else None
     if r["block"] == "reference":
         return reference_row(host, "encoder" if r["method"] == "encoder-pgd" else "unet", x, steps)
     if r["block"] == "purify":
         return purify_row(host, r["method"], x, steps, mode)
     if r["block"] == "mimicry":
         return mimicry_row(host, x, steps, mode)
+    if r["block"] == "runner":
+        return runner_row(host, x, steps, r["mode"])
     if r["method"] == "mist-semantic":
         return cloak_row(host, "mist", x, steps, mode, {"mode": "semantic"})
     return cloak_row(host, r["method"], x, steps, mode)
@@ -331,8 +351,10 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,4")
     p.add_argument("--methods", default="glaze,photoguard,mist,styleprotect")
     p.add_argument("--purifiers", default="impress,diffpure,jpeg")
-    p.add_argument("--blocks", default="cloak,reference,purify,mimicry")
+    p.add_argument("--blocks", default="cloak,reference,purify,mimicry", help="... and runner")
     p.add_argument("--modes", default="fast", help="memory modes: fast, balanced, low")
+    p.add_argument("--runner-sizes", default="512", help="block runner: image sizes (e.g. 4096 for tiling)")
+    p.add_argument("--runner-modes", default="auto", help="block runner: memory settings (auto, fast, ...)")
     p.add_argument("--steps", type=int, default=4, help="measured steps per row (the first is warm-up)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="the model's weights")
@@ -355,6 +377,7 @@ def main(argv=None) -> int:
     args.sizes, args.batches = [int(v) for v in split(args.sizes)], [int(v) for v in split(args.batches)]
     args.methods, args.purifiers = split(args.methods), split(args.purifiers)
     args.blocks, args.modes = split(args.blocks), split(args.modes)
+    args.runner_sizes, args.runner_modes = [int(v) for v in split(args.runner_sizes)], split(args.runner_modes)
     if device.type == "cuda" and args.memory_cap_gib:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), device)
