@@ -181,17 +181,17 @@ def mimicry_row(host, x, steps, mode):
     return run
 
 
-def runner_row(host, x, steps, memory):
+def runner_row(host, x, steps, memory, name="glaze"):
     """The user's path: ``cloak_images`` with the default method (tiling, memory choice, out-of-memory fallback)."""
     from protect_core.cloak.base import CloakSettings
     from protect_core.cloak.runner import cloak_images
 
     def run(stamps):
-        s = CloakSettings(method="glaze", steps=steps, options=dict(SHORT_SETUP["glaze"]))
+        s = CloakSettings(method=name, steps=steps, options=dict(SHORT_SETUP.get(name, {})))
         res = cloak_images(host, list(x), s, Progress(on_step=stamps), memory=memory)
         st = res[0].stats
         falls = len(st["memory"].get("fallbacks") or [])
-        return (f"glaze; chose memory={st['memory']['name']}{f' after {falls} OOM fallback(s)' if falls else ''}; "
+        return (f"{name}; chose memory={st['memory']['name']}{f' after {falls} OOM fallback(s)' if falls else ''}; "
                 f"{st['tiles']} tile(s); {sum(r.stats['seconds'] for r in res):.1f} s in optimize")
     return run
 
@@ -203,7 +203,7 @@ def plan(args) -> list[dict]:
     for batch in args.batches:
         for size in args.sizes:
             for mode in args.modes:
-                for name in args.methods:
+                for name in (args.methods if "cloak" in args.blocks else []):
                     rows.append(dict(block="cloak", method=name, size=size, batch=batch, mode=mode))
                 if mode == "fast" and "reference" in args.blocks:
                     rows.append(dict(block="cloak", method="mist-semantic", size=size, batch=batch, mode=mode))
@@ -215,8 +215,8 @@ def plan(args) -> list[dict]:
                 if "mimicry" in args.blocks:
                     rows.append(dict(block="mimicry", method="lora", size=size, batch=batch, mode=mode))
     if "runner" in args.blocks:
-        rows += [dict(block="runner", method="cloak_images", size=size, batch=1, mode=mode)
-                 for size in args.runner_sizes for mode in args.runner_modes]
+        rows += [dict(block="runner", method=f"cloak_images:{m}", runner_method=m, size=size, batch=1, mode=mode)
+                 for m in args.runner_methods for size in args.runner_sizes for mode in args.runner_modes]
     seen, out = set(), []
     for r in rows:  # photoguard may be both a listed method and the encoder reference's partner: measure once
         key = (r["block"], r["method"], r["size"], r["batch"], r["mode"])
@@ -235,7 +235,7 @@ def row_fn(host, r, x, steps):
     if r["block"] == "mimicry":
         return mimicry_row(host, x, steps, mode)
     if r["block"] == "runner":
-        return runner_row(host, x, steps, r["mode"])
+        return runner_row(host, x, steps, r["mode"], r.get("runner_method", "glaze"))
     if r["method"] == "mist-semantic":
         return cloak_row(host, "mist", x, steps, mode, {"mode": "semantic"})
     return cloak_row(host, r["method"], x, steps, mode)
@@ -259,7 +259,8 @@ def run_kind(args, kind, device, sink) -> list[dict]:
             print(f"# budget reached: skipping {r}", file=sys.stderr, flush=True)
             continue
         row = dict(r, model=kind, dtype=args.dtype, device=args.device_name, model_mib=model_mib, steps=args.steps)
-        x = images_for(r["batch"], r["size"], device)
+        # the runner gets images on the CPU, as the CLI loads them (only the pieces being cloaked go to the device)
+        x = images_for(r["batch"], r["size"], device if r["block"] != "runner" else torch.device("cpu"))
         fn = row_fn(host, r, x, args.steps)
         measure(row, device, fn)
         row["losses"] = getattr(fn, "losses", None)
@@ -355,6 +356,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="fast", help="memory modes: fast, balanced, low")
     p.add_argument("--runner-sizes", default="512", help="block runner: image sizes (e.g. 4096 for tiling)")
     p.add_argument("--runner-modes", default="auto", help="block runner: memory settings (auto, fast, ...)")
+    p.add_argument("--runner-methods", default="glaze", help="block runner: cloak methods")
     p.add_argument("--steps", type=int, default=4, help="measured steps per row (the first is warm-up)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="the model's weights")
@@ -378,9 +380,11 @@ def main(argv=None) -> int:
     args.methods, args.purifiers = split(args.methods), split(args.purifiers)
     args.blocks, args.modes = split(args.blocks), split(args.modes)
     args.runner_sizes, args.runner_modes = [int(v) for v in split(args.runner_sizes)], split(args.runner_modes)
+    args.runner_methods = split(args.runner_methods)
     if device.type == "cuda" and args.memory_cap_gib:
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), index)
     args.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     tag = args.tag or device_tag(device)
     os.makedirs(args.out, exist_ok=True)

@@ -112,19 +112,31 @@ def memory_mode(spec: "str | MemoryMode | dict | None" = "auto", **overrides) ->
 
 
 # ---- choosing a mode by free memory --------------------------------------------------------------------------
-#: activation bytes per image pixel for one fp32 forward+backward (SD1.5-size, measured: benchmarks/perf.py)
-ACT_BYTES_PER_PIXEL = {"vae": 6000.0, "unet": 9000.0}
-#: multipliers of the activation estimate for each saving
-SAVING = {"half": 0.55, "checkpoint_vae": 0.3, "checkpoint_unet": 0.3, "score_distillation": 0.15}
+#: activation bytes per image pixel of one fp32 forward+backward, measured on an H100 with benchmarks/perf.py
+#: (peak minus resident weights, SD1.5/SDXL-size, 256-1024 px, batch 1-4): the VAE encoder (~12 KB/px), plus the
+#: UNet's share for methods that back-propagate through it (~6 KB/px SD1.5, ~10 KB/px SDXL)
+ACT_BYTES_PER_PIXEL = {"vae": 12000.0, "unet": 6000.0, "unet_xl": 10000.0}
+#: measured multipliers: half precision (bf16 autocast or an fp16 model; GroupNorm stays fp32), checkpointing,
+#: score distillation (the UNet's share all but vanishes)
+SAVING = {"half": 0.8, "half_model": 0.55, "checkpoint_vae": 0.7, "checkpoint_unet": 0.2, "score_distillation": 0.05}
 SAFETY = 1.3
 
 
 def available_bytes(device) -> int:
-    """Free memory on ``device``: CUDA free + this process's cached-but-unused blocks; CPU MemAvailable."""
+    """Free memory on ``device``: CUDA free + this process's cached-but-unused blocks (within a per-process memory
+    fraction, when one is set); CPU MemAvailable."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        free, total = torch.cuda.mem_get_info(device)
+        allocated = torch.cuda.memory_allocated(device)
+        avail = free + torch.cuda.memory_reserved(device) - allocated
+        get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        if get_fraction is not None:
+            try:
+                avail = min(avail, int(get_fraction(device.index or 0) * total) - allocated)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        return int(max(0, avail))
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -146,16 +158,22 @@ def unet_backward(method) -> bool:
     return bool(getattr(method, "uses_unet", True)) and getattr(method, "default_tile", None) is None
 
 
-def estimate_bytes(pixels: int, through_unet: bool, mode: MemoryMode, half_possible: bool = True) -> int:
+def estimate_bytes(pixels: int, through_unet: bool, mode: MemoryMode, half_possible: bool = True,
+                   half_model: bool = False, xl: bool = False) -> int:
     """Rough activation memory of one image step on ``pixels`` image pixels (all images of the batch) in ``mode``
-    (weights are already resident and not counted)."""
+    (weights are already resident and not counted); constants from benchmarks/perf.py runs."""
     vae = ACT_BYTES_PER_PIXEL["vae"] * (SAVING["checkpoint_vae"] if mode.checkpoint_vae else 1.0)
     unet = 0.0
     if through_unet:
-        unet = ACT_BYTES_PER_PIXEL["unet"]
+        unet = ACT_BYTES_PER_PIXEL["unet_xl" if xl else "unet"]
         unet *= SAVING["score_distillation"] if mode.score_distillation else 1.0
         unet *= SAVING["checkpoint_unet"] if mode.checkpoint_unet else 1.0
-    half = SAVING["half"] if (mode.precision != "host" and mode.precision != "fp32" and half_possible) else 1.0
+    if half_model:
+        half = SAVING["half_model"]
+    elif mode.precision in ("half", "fp16", "bf16") and half_possible:
+        half = SAVING["half"]
+    else:
+        half = 1.0
     return int(pixels * (vae + unet) * half * SAFETY)
 
 
@@ -168,8 +186,10 @@ def resolve_memory(spec, host, method=None, pixels: int = 512 * 512, available: 
     free = available_bytes(host.device) if available is None else int(available)
     through_unet = unet_backward(method)
     half_possible = torch.device(host.device).type != "cpu"
+    half_model = host.dtype in (torch.float16, torch.bfloat16)
+    xl = "xl" in str(getattr(host, "family", ""))
     for name in MODES:
-        need = estimate_bytes(pixels, through_unet, PRESETS[name], half_possible)
+        need = estimate_bytes(pixels, through_unet, PRESETS[name], half_possible, half_model, xl)
         if need <= free or name == "low":
             fits = "fits" if need <= free else "does not fit either; trying"
             why = (f"auto: ~{need / 2**30:.1f} GiB needed for {pixels / 1e6:.2f} Mpx, {free / 2**30:.1f} GiB free; "

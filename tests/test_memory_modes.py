@@ -11,8 +11,8 @@ from protect_core.cloak.optimize import optimize
 from protect_core.cloak.runner import cloak_images
 from protect_core.diffusion import denoising_loss
 from protect_core.errors import Cancelled, StyleCloakError
-from protect_core.memory import (PRESETS, ActiveMemory, MemoryLimitError, is_oom, memory_mode, memory_session,
-                                 module_flags, resolve_memory)
+from protect_core.memory import (PRESETS, ActiveMemory, MemoryLimitError, estimate_bytes, is_oom, memory_mode,
+                                 memory_session, module_flags, resolve_memory)
 from protect_core.progress import CancelToken, Progress
 
 
@@ -49,8 +49,15 @@ def test_auto_choice_follows_free_memory(tiny_host):
     none = resolve_memory("auto", tiny_host, mist, pixels=4096 * 4096, available=2**20)
     assert none.name == "low" and "does not fit" in none.reason
     # an encoder-only method needs less than a UNet-backward one at the same size
-    enc = resolve_memory("auto", tiny_host, get_method("photoguard"), pixels=512 * 512, available=2 * 2**30)
-    assert enc.name == "fast"
+    px = 512 * 512
+    need_enc, need_unet = (estimate_bytes(px, u, PRESETS["fast"], False) for u in (False, True))
+    assert need_enc < need_unet
+    between = (need_enc + need_unet) // 2
+    assert resolve_memory("auto", tiny_host, get_method("photoguard"), pixels=px, available=between).name == "fast"
+    assert resolve_memory("auto", tiny_host, mist, pixels=px, available=between).name != "fast"
+    # every saving lowers the estimate
+    needs = [estimate_bytes(px, True, PRESETS[n], True) for n in ("fast", "balanced", "low")]
+    assert needs[0] > needs[1] > needs[2]
     assert resolve_memory("low", tiny_host) is PRESETS["low"]
 
 
