@@ -287,7 +287,20 @@ def add_ratios(rows: list[dict]) -> None:
                 e["ref_ratio"] = e["s_per_step"] / r["s_per_step"] if r["s_per_step"] else float("nan")
                 if e.get("losses") and r.get("losses"):
                     dev = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(e["losses"], r["losses"]))
-                    e["note"] = (e.get("note", "") + f" losses vs ref: rel. diff {dev:.1e}").strip()
+                    note = e.get("note", "").split(" losses vs ref")[0].split("losses vs ref")[0]
+                    e["note"] = (note + f" losses vs ref: rel. diff {dev:.1e}").strip()
+
+
+def overhead_summary(rows: list[dict]) -> list[str]:
+    """Engine s/step over the reference's: median and range, all pairs and >= 512 px."""
+    out = []
+    for label, keep in (("all sizes", lambda r: True), (">= 512 px", lambda r: r["size"] >= 512)):
+        ratios = sorted(r["ref_ratio"] for r in rows if r.get("ref_ratio") == r.get("ref_ratio")
+                        and r.get("ref_ratio") is not None and keep(r))
+        if ratios:
+            out.append(f"- engine / reference s/step, {label}: median {statistics.median(ratios):.2f} over "
+                       f"{len(ratios)} pairs (range {ratios[0]:.2f} to {ratios[-1]:.2f})")
+    return out
 
 
 # ---- output ----------------------------------------------------------------------------------------------------------
@@ -328,7 +341,7 @@ def linearity(rows: list[dict]) -> list[str]:
 
 
 def report(rows: list[dict], title: str) -> str:
-    lines = [f"# Performance: {title}", "", HEADER] + [fmt_row(r) for r in rows]
+    lines = [f"# Performance: {title}", ""] + overhead_summary(rows) + ["", HEADER] + [fmt_row(r) for r in rows]
     lin = linearity(rows)
     if lin:
         lines += ["", "Time vs pixel count (log-log slope of s/step against size x size x batch; 1.00 = linear):", "",
@@ -365,14 +378,15 @@ def main(argv=None) -> int:
     p.add_argument("--memory-cap-gib", type=float, default=None, help="CUDA: cap this process's memory")
     p.add_argument("--tag", default=None, help="results file suffix (default: cpu / cuda-<gpu>)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
-    p.add_argument("--merge", nargs="*", default=None, help="JSON files of earlier runs: re-render only")
+    p.add_argument("--merge", nargs="*", default=None, help="JSON/JSONL files of earlier runs: re-render only")
+    p.add_argument("--title", default=None, help="with --merge: the title line")
     args = p.parse_args(argv)
     args.start = time.perf_counter()
     split = lambda s: [v for v in s.split(",") if v]  # noqa: E731
     if args.merge:
         rows = [r for f in args.merge for r in load_rows(f)]
         add_ratios(rows)
-        return write_outputs(args, rows, args.tag or "merged", "merged runs")
+        return write_outputs(args, rows, args.tag or "merged", args.title or "merged runs")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
