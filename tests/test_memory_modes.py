@@ -84,7 +84,8 @@ def test_modes_close_to_fp32_and_flags_restored(tiny_host, integrity, rng_images
     ckpt, info = optimize(tiny_host, get_method("photoguard"), x, _pg(), memory=memory_mode("low", precision="fp32"))
     assert info["memory"]["checkpointed_modules"] > 0
     assert torch.equal(ckpt, ref)  # checkpointing recomputes exactly: same bytes in fp32
-    half, info = optimize(tiny_host, get_method("photoguard"), x, _pg(), memory=memory_mode("balanced", precision="bf16"))
+    bf16 = memory_mode("balanced", precision="bf16")
+    half, info = optimize(tiny_host, get_method("photoguard"), x, _pg(), memory=bf16)
     assert info["memory"]["autocast"] == "bfloat16" and bool(torch.isfinite(half).all())
     assert (half - x).abs().max() <= 8 / 255 + 1e-6
     # bf16 forward, fp32 perturbation: most pixels take the same 8-bit value as in fp32
