@@ -138,7 +138,10 @@ def _gradio():
         import gradio
 
         return gradio
-    return pytest.importorskip("gradio")
+    gr = pytest.importorskip("gradio")
+    if not hasattr(gr, "Blocks"):  # e.g. gradio's own temp folder /tmp/gradio seen as a namespace package
+        pytest.skip(f"'gradio' here is not the gradio package ({getattr(gr, '__path__', gr)})")
+    return gr
 
 
 def test_script_registers_tab_and_settings(monkeypatch, tmp_path):
