@@ -381,7 +381,7 @@ def free_memory(device=None) -> None:
 
 def limit_message(mode: MemoryMode, device, work: str = "") -> str:
     return (f"out of memory on {device}{' ' + work if work else ''} even with memory='{mode.name}'. "
-            "Lower the batch size (--batch-size), the tile size (--tile-size, e.g. 384), the image size, "
+            "Lower the batch size (--batch-size), the tile size (--tile, e.g. 384), the image size, "
             "load the model in half precision (--dtype fp16), or run on the CPU (--device cpu).")
 
 

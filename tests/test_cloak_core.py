@@ -193,6 +193,11 @@ def test_cli_writes_resumes_and_lists(host, tmp_path, monkeypatch, capsys):
     first = json.loads(capsys.readouterr().out)
     assert first["written"] == 2 and (out / "a.png").exists() and (out / "a.perturbation.png").exists()
     assert all(r["stats"]["linf_255"] <= 4 + 1e-3 for r in first["images"])
+    assert {r["stats"]["memory"]["name"] for r in first["images"]} <= {"fast", "balanced", "low"}
+    low = ["cloak", str(src / "b.png"), "-o", str(tmp_path / "low"), "--method", "photoguard", "--steps", "1",
+           "--quiet", "--memory", "low"]
+    assert cli.main(low) == 0
+    assert json.loads(capsys.readouterr().out)["images"][0]["stats"]["memory"]["name"] == "low"
     assert cli.main(argv) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["written"] == 0 and second["skipped"] == 2

@@ -47,6 +47,10 @@ def add_arguments(parser) -> None:
                         "the method's, 512 for UNet methods, 1024 for encoder-only ones); larger images are cloaked in "
                         "tiles")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--memory", default="auto", choices=["auto", "fast", "balanced", "low"],
+                        help="memory mode: auto picks by free memory; balanced = half-precision autocast + UNet "
+                        "checkpointing; low = also VAE checkpointing, 512 px tiles, score distillation. Out of memory "
+                        "falls back to the next lower mode")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     from ..cli import add_max_pixels
 
@@ -170,7 +174,7 @@ def run(args, host) -> dict:
         try:
             cloak_images(host, [img.rgb for img in loaded], settings, Progress(on_step=on_step),
                          batch_size=args.batch_size, channel_tied=[img.is_grey for img in loaded],
-                         tile_size=args.tile, on_result=save)
+                         tile_size=args.tile, on_result=save, memory=args.memory)
         finally:
             close()
     count = {s: sum(1 for r in rows if r.get("status", "").startswith(s)) for s in ("written", "skipped", "failed")}
