@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from protect_core.cloak.base import available_methods, get_method  # noqa: E402
 from protect_core.cloak.optimize import optimize  # noqa: E402
 from protect_core.cloak.presets import settings_for  # noqa: E402
+from peak_memory import peak_mib, reset_peak  # noqa: E402
 from protect_core.progress import Progress  # noqa: E402
 
 
@@ -41,45 +41,18 @@ def build_host(model: str, device: str, dtype: str):
     return load_host(model, device=device, dtype=dt)
 
 
-def _reset_peak(device: str) -> bool:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return True
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mib(device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def bench(host, name: str, size: int, steps: int, batch: int, device: str) -> dict:
     method = get_method(name)
     settings = settings_for(method, "default", steps=steps)
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     stamps = []
     progress = Progress(steps, on_step=lambda done, total, info: stamps.append(time.perf_counter()))
-    exact = _reset_peak(device)
+    exact = reset_peak(device)
     t0 = time.perf_counter()
     optimize(host, method, images, settings, progress)
     total = time.perf_counter() - t0
     per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
-    return {"per_step": per_step, "setup": total - per_step * steps, "peak": _peak_mib(device), "exact": exact}
+    return {"per_step": per_step, "setup": total - per_step * steps, "peak": peak_mib(device), "exact": exact}
 
 
 def main(argv=None) -> int:

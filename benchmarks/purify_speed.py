@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from peak_memory import peak_mib, reset_peak  # noqa: E402
 from protect_core.progress import Progress  # noqa: E402
 from protect_core.purify import available_purifiers, get_purifier, purify  # noqa: E402
 from protect_core.purify.base import resolve_params  # noqa: E402
@@ -45,39 +45,12 @@ def build_host(model: str, device: str, dtype: str):
     return load_host(model, device=device, dtype=dt)
 
 
-def _reset_peak(device: str) -> bool:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return True
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mib(device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def bench(host, name: str, size: int, device: str) -> dict:
     p = get_purifier(name)
     params = resolve_params(p, BENCH.get(name))
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     progress = Progress()
-    exact = _reset_peak(device)
+    exact = reset_peak(device)
     t0 = time.perf_counter()
     purify(host, images, [(name, params)], progress=progress)
     if device.startswith("cuda"):
@@ -88,7 +61,7 @@ def bench(host, name: str, size: int, device: str) -> dict:
     changed = {k: v for k, v in params.items() if v != p.defaults[k]}
     return {"seconds": seconds, "steps": progress.done, "per_step": per_step, "at_defaults": per_step * full,
             "settings": ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults",
-            "peak": _peak_mib(device), "exact": exact}
+            "peak": peak_mib(device), "exact": exact}
 
 
 def main(argv=None) -> int:
