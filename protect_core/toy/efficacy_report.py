@@ -153,28 +153,28 @@ def draw_chart(results: dict, path, title: str = "StyleCloak efficacy on the toy
         tiny = ImageFont.load_default(size=10)
     except TypeError:
         tiny = small
-    bar, gap, label_w, plot_w, margin = 12, 10, 190, 360, 36
+    bar, gap, label_w, plot_w, margin, left = 12, 10, 215, 360, 36, 14
     group_h = len(cols) * bar + gap
     panel_h = len(names) * group_h
-    top = 78
+    top = 84
     width = label_w + len(kinds) * (plot_w + margin) + margin
     height = top + panel_h + 60
     im = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(im)
-    d.text((margin, 8), title, fill="black", font=font)
-    x = margin
+    d.text((left, 8), title, fill="black", font=font)
+    x = left
     for k, c in enumerate(cols):  # legend
         d.rectangle((x, 32, x + 12, 44), fill=COLOURS[k % len(COLOURS)])
         text = "no purifier" if c == "none" else f"after {c}"
         d.text((x + 16, 31), text, fill="black", font=small)
         x += 24 + int(d.textlength(text, font=small))
-    d.text((margin, 52), "dashed: goals 80% / 90%", fill=(120, 120, 120), font=small)
+    d.text((left, 52), "dashed: goals 80% / 90%", fill=(120, 120, 120), font=small)
     for j, name in enumerate(names):
         y = top + j * group_h
-        d.text((margin, y + group_h / 2 - 9), _label(name, results["sets"][name])[:24], fill="black", font=small)
+        d.text((left, y + group_h / 2 - 9), _label(name, results["sets"][name])[:28], fill="black", font=small)
     for p, kind in enumerate(kinds):
         x0 = label_w + p * (plot_w + margin)
-        d.text((x0, top - 20), f"fine-tune: {kind}", fill="black", font=small)
+        d.text((x0, top - 22), f"fine-tune: {kind}", fill="black", font=small)
         for tick in range(0, 101, 20):
             xt = x0 + plot_w * tick / 100
             d.line((xt, top, xt, top + panel_h), fill=(225, 225, 225))
