@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import perf_reference as ref  # noqa: E402
+from peak_memory import reset_peak  # noqa: E402
 
 from protect_core.cloak.base import get_method  # noqa: E402
 from protect_core.cloak.optimize import optimize  # noqa: E402
@@ -48,19 +49,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ---- memory --------------------------------------------------------------------------------------------------------
-def reset_peak(device) -> bool:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return True
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_mib(device) -> tuple[float, float | None]:
     """(peak allocated or RSS, peak reserved or None) in MiB."""
     if device.type == "cuda":
