@@ -107,8 +107,8 @@ def _default_spec() -> str:
 def spec_options() -> str:
     from ..tiny_models import FLAVOURS
 
-    return (f"one of {', '.join(('toy',) + FLAVOURS + tuple(_random_specs()))}, a diffusers folder (with model_index.json), "
-            f"or a .safetensors checkpoint")
+    names = ", ".join(("toy",) + FLAVOURS + tuple(_random_specs()))
+    return f"one of {names}, a diffusers folder (with model_index.json), or a .safetensors checkpoint"
 
 
 def load_host(model: str | None = None, device: str = "cpu", dtype: str | torch.dtype | None = None, **kw):

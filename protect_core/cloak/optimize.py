@@ -161,7 +161,7 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
                 # scale-free hinge: weight * |current loss| per unit of relative excess over the budget
                 over = torch.relu(perceptual_distance(x, clean, kind) - float(budget)) / float(budget)
                 total = total + weight * max(abs(float(loss.detach())), 1e-8) * over.sum()
-            (grad,) = torch.autograd.grad(total * mem.loss_scale if mem.loss_scale != 1.0 else total, delta)
+            (grad,) = torch.autograd.grad(total * mem.loss_scale, delta)  # scale 1.0 is exact: no-op
             grad = mem.unscale(grad)   # fp16: loss scaling; None = overflow, this step is skipped
             grad = torch.zeros_like(delta) if grad is None else grad
             with torch.no_grad():
