@@ -29,7 +29,7 @@ def comfy_to_list(image: torch.Tensor) -> list[torch.Tensor]:
         x = image.detach().float().cpu().clone()
         if x.shape[-1] == 1:
             x = x.expand(-1, -1, -1, 3)
-        return [img[..., :3].permute(2, 0, 1).contiguous().clone() for img in x]
+        return [img[..., :3].permute(2, 0, 1).contiguous() for img in x]
 
 
 def list_to_comfy(images: list[torch.Tensor]) -> torch.Tensor:
@@ -116,7 +116,6 @@ def save_previews(images: torch.Tensor, prefix: str) -> list[dict]:
     Returns ``[{"filename", "subfolder", "type": "temp"}]``, what ComfyUI's ``/view`` route serves.
     """
     import folder_paths
-    from PIL import Image
 
     subfolder = "stylecloak"
     folder = os.path.join(folder_paths.get_temp_directory(), subfolder)
@@ -126,9 +125,8 @@ def save_previews(images: torch.Tensor, prefix: str) -> list[dict]:
     for k, img in enumerate(images[:PREVIEW_LIMIT]):
         img = img.detach().float().cpu()
         img = img.expand(-1, -1, 3) if img.shape[-1] == 1 else img[..., :3]
-        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         name = f"{prefix}_{tag}_{k:02d}.png"
-        Image.fromarray(arr).save(os.path.join(folder, name), compress_level=1)
+        _to_pil(img.permute(2, 0, 1)).save(os.path.join(folder, name), compress_level=1)
         out.append({"filename": name, "subfolder": subfolder, "type": "temp"})
     return out
 
