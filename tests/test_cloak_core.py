@@ -248,7 +248,9 @@ def test_method_discovery_not_hidden_by_a_direct_import():
     import subprocess
     import sys
 
-    code = ("import protect_core.cloak.methods.photoguard; from protect_core.cloak.base import available_methods;"
-            "print(len(available_methods()))")
+    code = ("import pkgutil, protect_core.cloak.methods as m, protect_core.cloak.methods.photoguard;"
+            "from protect_core.cloak.base import available_methods;"
+            "print(len(available_methods()), len(list(pkgutil.iter_modules(m.__path__))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert int(out) >= 10
+    found, modules = map(int, out.split())
+    assert modules > 1 and found == modules  # one registered method per module, none hidden
