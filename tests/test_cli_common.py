@@ -157,3 +157,16 @@ def test_help_names_the_toy_default_and_max_pixels(capsys):
         text = " ".join(sub.format_help().split())
         assert "default: the shipped toy model" in text, name
         assert ("--max-pixels" in text) == (name != "info"), name
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """``stylecloak ... | head`` : the reader closes the pipe before the JSON summary is written."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "protect_core.cli", "purify", "--list-methods"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
