@@ -15,6 +15,8 @@ placebo at that budget). Then the Mimicry Test's attacker of the efficacy benchm
 prompts, samples: :func:`.efficacy.mimic_all`) trains on every set and the toy classifier judges the samples;
 success rate, style score and PSNR as defined in :mod:`.efficacy`.
 
+Context: ``vae_roundtrip_psnr`` = PSNR of the clean art after the toy VAE's encode + decode (how lossy the codec the
+attacker trains through is; a budget far below it reaches the fine-tune only through what the encoder makes of it).
 Diagnostic, per set: ``latent_shift`` = mean over images of ||mu(x') - mu(x)|| / ||mu(x)||, with mu the VAE
 posterior mean (what the attacker's fine-tune actually trains on). Nothing here is tuned to any result: the budgets
 and methods are the command line's, the attacker is the efficacy benchmark's.
@@ -26,7 +28,8 @@ from typing import Callable
 
 import torch
 
-from .efficacy import EfficacyConfig, _quality, judge, mimic_all, placebo, sanity
+from ..metrics import psnr
+from .efficacy import EfficacyConfig, _quality, mimic_all, placebo, sanity
 
 NOISE = "noise"
 
@@ -113,6 +116,9 @@ def run_budget_sweep(host, classifier, methods: list[str], budgets: list[float],
         raise ValueError(f"the classifier does not know the held-out style {held_out!r}")
     t0 = time.perf_counter()
     clean = render(held_out, cfg.images, size, seed=cfg.seed)
+    with host.borrowed(), torch.no_grad():  # how lossy the attacker's codec is on this art (context for the budgets)
+        roundtrip = ((host.decode(host.encode(clean * 2 - 1)) + 1) / 2).clamp(0, 1)
+    vae_psnr = round(float(psnr(clean, roundtrip).mean()), 2)
     sets = budget_sets(host, clean, methods, budgets, cfg.seed, cfg.steps.get("cloak"), log)
     t_cloak = time.perf_counter()
     artist = classifier.styles.index(held_out)
@@ -133,7 +139,8 @@ def run_budget_sweep(host, classifier, methods: list[str], budgets: list[float],
                          "style_drop": round(ref["p_style"]["mean"] - sc["p_style"]["mean"], 6)}
         rows.append(row)
     return {"config": {**cfg.to_dict(), "methods": list(methods), "budgets_255": list(budgets)},
-            "held_out": held_out, "size": size, "model": host.describe(), "finetunes": finetunes, "rows": rows,
+            "held_out": held_out, "size": size, "model": host.describe(), "vae_roundtrip_psnr": vae_psnr,
+            "finetunes": finetunes, "rows": rows,
             "seconds": {"cloak": round(t_cloak - t0, 1), "mimicry": round(time.perf_counter() - t_cloak, 1),
                         "total": round(time.perf_counter() - t0, 1)}}
 
@@ -157,7 +164,8 @@ def markdown_report(results: dict) -> str:
     lines = [f"Held-out style `{results['held_out']}` at {results['size']} px, {results['config']['images']} "
              f"training images, {results['config']['samples']} samples per condition, seed "
              f"{results['config']['seed']}. Cell: protection success LoRA / full fine-tune, then PSNR of the cloak "
-             f"and the VAE latent shift. No-protection floor (clean art): "
+             f"and the VAE latent shift. The toy VAE's own round trip (encode, decode) of the clean art: "
+             f"{results['vae_roundtrip_psnr']:.1f} dB PSNR. No-protection floor (clean art): "
              + ", ".join(f"{k} {100 * clean[k]['success']:.0f}%" for k in kinds)
              + ". Sanity (the clean-trained mimic learned the style: p(style) gain >= 0.2 over the base model): "
              + ", ".join(f"{k} {'passed' if results['finetunes'][k]['sanity']['passed'] else 'FAILED (inconclusive)'}"

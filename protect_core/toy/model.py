@@ -52,6 +52,7 @@ def build_toy_host(device: str | torch.device = "cpu", dtype: torch.dtype = torc
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ..backends.diffusers_host import DiffusersHost
+    from ..backends.loading import quiet_libraries
 
     p = _folder(path)
     missing = [f for f in _NEEDED if not (p / f).is_file()]
@@ -59,11 +60,12 @@ def build_toy_host(device: str | torch.device = "cpu", dtype: torch.dtype = torc
         raise ModelError(f"{p}: incomplete toy model folder, missing {', '.join(missing)}")
     kw = dict(local_files_only=True, use_safetensors=True)
     try:
-        unet = UNet2DConditionModel.from_pretrained(str(p / "unet"), torch_dtype=dtype, **kw)
-        vae = AutoencoderKL.from_pretrained(str(p / "vae"), torch_dtype=dtype, **kw)
-        te = CLIPTextModel.from_pretrained(str(p / "text_encoder"), dtype=dtype, **kw)
-        tok = CLIPTokenizer.from_pretrained(str(p / "tokenizer"), local_files_only=True)
-        sched = DDIMScheduler.from_pretrained(str(p / "scheduler"), local_files_only=True)
+        with quiet_libraries():
+            unet = UNet2DConditionModel.from_pretrained(str(p / "unet"), torch_dtype=dtype, **kw)
+            vae = AutoencoderKL.from_pretrained(str(p / "vae"), torch_dtype=dtype, **kw)
+            te = CLIPTextModel.from_pretrained(str(p / "text_encoder"), dtype=dtype, **kw)
+            tok = CLIPTokenizer.from_pretrained(str(p / "tokenizer"), local_files_only=True)
+            sched = DDIMScheduler.from_pretrained(str(p / "scheduler"), local_files_only=True)
     except Exception as e:  # diffusers/transformers raise many types; the user needs the path and the reason
         raise ModelError(f"{p}: could not load the toy model: {e}") from e
     for m in (unet, vae, te):
