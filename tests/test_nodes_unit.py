@@ -1,8 +1,9 @@
-"""The ComfyUI node pack without ComfyUI: schemas, glue, progress/interrupt bridge, node maths, example workflows,
-and the ComfyHost adapter on tiny ldm-shaped stand-ins of ComfyUI's ModelPatcher / CLIP / VAE.
+"""The ComfyUI node pack without ComfyUI: schemas, glue, progress/interrupt bridge, node maths, the ComfyHost adapter
+on tiny ldm-shaped stand-ins of ComfyUI's ModelPatcher / CLIP / VAE, and the front-end (web/stylecloak.js, run by
+node.js against tests/web_harness.mjs). The example workflows are checked in tests/test_nodes_workflows.py.
 
-ComfyUI's modules are replaced by tests/fake_comfy.py for this module only (installed by the ``pack`` fixture and
-removed afterwards, StyleCloak's ``nodes`` package included, so no other test sees them).
+ComfyUI's modules are replaced by tests/fake_comfy.py for this module only (the ``pack`` fixture of
+tests/comfy_pack.py installs them and removes them afterwards, so no other test sees them).
 """
 from __future__ import annotations
 
@@ -17,54 +18,9 @@ import pytest
 import torch
 
 import fake_comfy
+from comfy_pack import PACK_IDS, ROOT, _image, _smooth, interrupt_flag, pack  # noqa: F401 (fixtures)
 from contract import CHECKS, ENDINGS, check_restored_after
 from ldm_tiny import EPS, V_PREDICTION, forge_model  # noqa: F401 (fixtures)
-
-ROOT = Path(__file__).resolve().parents[1]
-PACK_IDS = {"StyleCloak_CloakImage", "StyleCloak_ProtectionReport", "StyleCloak_SelectStyleLayers",
-            "StyleCloak_LayerPreset", "StyleCloak_SaveLayerSelection", "StyleCloak_LoadLayerSelection",
-            "StyleCloak_Purify", "StyleCloak_MimicryTest", "StyleCloak_LoadImageFolder"}
-#: Core ComfyUI nodes the example workflows use: (input name -> type, output types).
-CORE_NODES = {
-    "CheckpointLoaderSimple": ({"ckpt_name": "COMBO"}, ["MODEL", "CLIP", "VAE"]),
-    "LoadImage": ({"image": "COMBO"}, ["IMAGE", "MASK"]),
-    "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, []),
-    "PreviewImage": ({"images": "IMAGE"}, []),
-}
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    restore = fake_comfy.install(str(tmp_path_factory.mktemp("comfy")), EPS, V_PREDICTION)
-    try:
-        import nodes
-        from nodes import cloak_nodes, comfy_glue, comfy_host, purify_nodes
-
-        yield types.SimpleNamespace(
-            nodes=nodes, glue=comfy_glue, cloak=cloak_nodes, purify=purify_nodes, host=comfy_host,
-            by_id={c.define_schema().node_id: c for c in nodes.node_list()},
-            mm=sys.modules["comfy.model_management"], bar=sys.modules["comfy.utils"].ProgressBar,
-            folders=sys.modules["folder_paths"])
-    finally:
-        restore()
-
-
-@pytest.fixture
-def interrupt_flag(pack):
-    pack.mm.interrupt_current_processing(False)
-    pack.bar.updates.clear()
-    yield pack.mm
-    pack.mm.interrupt_current_processing(False)
-
-
-def _image(b=1, h=32, w=32, c=3, seed=0):
-    return torch.rand(b, h, w, c, generator=torch.Generator().manual_seed(seed))
-
-
-def _smooth(b=1, size=32, seed=0):
-    """Smooth images (B, H, W, 3), what a JPEG round trip keeps close."""
-    coarse = torch.rand(b, 3, 5, 5, generator=torch.Generator().manual_seed(seed))
-    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear").permute(0, 2, 3, 1)
 
 
 # ------------------------------------------------------------------------------------------------ install
@@ -237,102 +193,6 @@ def test_previews_are_capped(pack):
     refs = pack.glue.save_previews(_image(pack.glue.PREVIEW_LIMIT + 3, 4, 4, 1), "cap")
     assert len(refs) == pack.glue.PREVIEW_LIMIT and len({r["filename"] for r in refs}) == len(refs)
 
-
-# ------------------------------------------------------------------------------------------------ workflows
-WIDGETS = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool, "COMBO": object}
-
-
-def _definitions():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("stylecloak_workflow_definitions",
-                                                  ROOT / "example_workflows" / "definitions.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-DEFS = _definitions()
-
-
-def _node_io(pack, class_type):
-    """({input name: (type, input or None)}, [output types], is an output node) of a pack or core node."""
-    if class_type in CORE_NODES:
-        ins, outs = CORE_NODES[class_type]
-        return {k: (t, None) for k, t in ins.items()}, outs, class_type in ("SaveImage", "PreviewImage")
-    schema = pack.by_id[class_type].define_schema()
-    return ({i.id: (i.io_type, i) for i in schema.inputs}, [o.io_type for o in schema.outputs],
-            schema.is_output_node)
-
-
-def _check_graph(pack, graph: dict) -> None:
-    """An API-format graph: known node types, existing inputs, typed links, valid widget values, no cycle."""
-    has_output = False
-    for nid, node in graph.items():
-        ctype = node["class_type"]
-        assert ctype in PACK_IDS or ctype in CORE_NODES, f"node {nid}: unknown type {ctype}"
-        ins, _, is_out = _node_io(pack, ctype)
-        has_output |= is_out
-        assert not set(node["inputs"]) - set(ins), f"node {nid}: unknown inputs"
-        required = {k for k, (_, i) in ins.items() if i is None or not i.optional}
-        assert not required - set(node["inputs"]), f"node {nid} ({ctype}): missing {required - set(node['inputs'])}"
-        for name, value in node["inputs"].items():
-            typ, spec = ins[name]
-            if isinstance(value, list):
-                src, slot = value
-                assert src in graph, f"node {nid}.{name}: links to a missing node {src}"
-                outs = _node_io(pack, graph[src]["class_type"])[1]
-                assert slot < len(outs) and outs[slot] == typ, f"node {nid}.{name}: {typ} fed from {outs}"
-                continue
-            assert typ in WIDGETS, f"node {nid}.{name}: a {typ} socket needs a link"
-            assert isinstance(value, WIDGETS[typ]), f"node {nid}.{name}: {value!r} is not {typ}"
-            if spec is not None:
-                spec_default, spec.default = spec.default, value  # the schema's own checks, on this value
-                try:
-                    assert not spec.check(), spec.check()
-                finally:
-                    spec.default = spec_default
-    assert has_output, "nothing would run: no output node"
-    done: set = set()
-    while len(done) < len(graph):  # topological order exists <=> no cycle
-        ready = {n for n, node in graph.items() if n not in done and all(
-            v[0] in done for v in node["inputs"].values() if isinstance(v, list))}
-        assert ready, f"cycle among {set(graph) - done}"
-        done |= ready
-
-
-@pytest.mark.parametrize("name", list(DEFS.WORKFLOWS))
-def test_example_workflow_definitions(pack, name):
-    _check_graph(pack, DEFS.api_format(name))
-    overrides = DEFS.CPU_TEST_OVERRIDES[name]
-    nodes = DEFS.WORKFLOWS[name]["nodes"]
-    for nid, values in overrides.items():
-        assert set(values) <= set(nodes[nid][1]), f"override of node {nid} names inputs the node does not set"
-    _check_graph(pack, DEFS.api_format(name, overrides))
-
-
-@pytest.mark.parametrize("name", list(DEFS.WORKFLOWS))
-def test_ui_workflow_file_matches_its_definition(pack, name):
-    ui = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
-    nodes = DEFS.WORKFLOWS[name]["nodes"]
-    by_id = {str(n["id"]): n for n in ui["nodes"]}
-    assert {k: n["type"] for k, n in by_id.items()} == {k: v[0] for k, v in nodes.items()}
-    got = set()
-    for link_id, src, slot, dst, dst_slot, typ in ui["links"]:
-        target = by_id[str(dst)]["inputs"][dst_slot]
-        assert target["link"] == link_id and link_id in by_id[str(src)]["outputs"][slot]["links"]
-        assert typ == target["type"] == _node_io(pack, by_id[str(src)]["type"])[1][slot]
-        got.add((str(src), slot, str(dst), target["name"]))
-    want = {(v[0], v[1], nid, k) for nid, (_, ins) in nodes.items() for k, v in ins.items() if isinstance(v, tuple)}
-    assert got == want
-    for nid, (ctype, ins) in nodes.items():
-        if ctype in PACK_IDS:
-            schema = pack.by_id[ctype].define_schema()
-            widgets = [i for i in schema.inputs if i.io_type in WIDGETS]
-            ordered = [i for i in widgets if not i.optional] + [i for i in widgets if i.optional]
-            assert by_id[nid]["widgets_values"] == [ins.get(i.id, i.default) for i in ordered], nid
-
-
 # ------------------------------------------------------------------------------------------------ ComfyHost
 class _Patcher:
     """ModelPatcher-like: the graph's object; ComfyHost must only read it."""
@@ -482,62 +342,6 @@ def test_mimicry_node_report_reaches_the_ui(pack, mimicry_run):
 
 
 # ------------------------------------------------------------------------------------------------ web/
-HARNESS = r"""
-// Runs web/stylecloak.js against stand-ins of ComfyUI's app/api and a tiny DOM; prints what it drew as JSON.
-import { readFileSync } from "node:fs";
-const registry = {};
-class El {
-  constructor(tag) { this.tagName = tag; this.children = []; this.style = {}; this.listeners = {};
-    this.className = ""; this.textContent = ""; }
-  append(...c) { this.children.push(...c); } appendChild(c) { this.children.push(c); }
-  replaceChildren(...c) { this.children = c; }
-  addEventListener(k, f) { (this.listeners[k] ||= []).push(f); }
-  fire(k, e = {}) { (this.listeners[k] || []).forEach((f) => f(e)); }
-  getBoundingClientRect() { return { left: 0, width: 200 }; }
-  set id(v) { registry[v] = this; this._id = v; } get id() { return this._id; }
-  all() { return [this, ...this.children.flatMap((c) => c.all ? c.all() : [])]; }
-}
-globalThis.document = { createElement: (t) => new El(t), getElementById: (i) => registry[i] || null,
-                        head: new El("head") };
-const extensions = [];
-globalThis.__app = { registerExtension: (e) => extensions.push(e) };
-await import("./extensions/stylecloak/stylecloak.js");
-const payloads = JSON.parse(readFileSync(process.argv[2], "utf8"));
-function makeNode(name) {
-  const calls = [];
-  function NodeType() { this.widgets = []; this.size = [100, 100]; }
-  NodeType.prototype.onExecuted = function (m) { calls.push(m); };
-  NodeType.prototype.addDOMWidget = function (name, type, element, options) {
-    const w = { name, type, element, options }; this.widgets.push(w); return w; };
-  NodeType.prototype.computeSize = function () { return [150, 300]; };
-  NodeType.prototype.setSize = function (s) { this.size = s; };
-  return { NodeType, calls, name };
-}
-const out = { extensions: extensions.map((e) => e.name), runs: [] };
-for (const [name, messages] of payloads) {
-  const t = makeNode(name);
-  const original = t.NodeType.prototype.onExecuted;
-  for (const e of extensions) await e.beforeRegisterNodeDef(t.NodeType, { name });
-  const node = new t.NodeType();
-  const run = { name, wrapped: t.NodeType.prototype.onExecuted !== original, states: [] };
-  for (const m of messages) {
-    node.onExecuted(m);
-    const w = node.widgets[0];
-    const els = w ? w.element.all() : [];
-    const slider = els.find((e) => e.type === "range");
-    if (slider) { slider.value = "30"; slider.fire("input"); }
-    run.states.push({ widgets: node.widgets.map((x) => [x.name, x.options.serialize, x.serialize]),
-      minHeight: w ? w.options.getMinHeight() : null,
-      srcs: els.filter((e) => e.tagName === "img").map((e) => e.src),
-      clip: els.filter((e) => e.tagName === "img").map((e) => e.style.clipPath || ""),
-      rows: els.filter((e) => e.tagName === "tr").map((tr) => tr.children.map((td) => td.textContent)),
-      text: els.map((e) => e.textContent).filter(Boolean), width: node.size[0] });
-  }
-  run.original_calls = t.calls.length;
-  out.runs.push(run);
-}
-console.log(JSON.stringify(out));
-"""
 
 
 def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
@@ -553,7 +357,7 @@ def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
     (tmp_path / "scripts" / "api.js").write_text("export const api = { apiURL: (p) => '/api' + p };\n")
     (tmp_path / "extensions" / "stylecloak").mkdir(parents=True)
     shutil.copy(ROOT / "web" / "stylecloak.js", tmp_path / "extensions" / "stylecloak" / "stylecloak.js")
-    (tmp_path / "harness.js").write_text(HARNESS)
+    shutil.copy(Path(__file__).with_name("web_harness.mjs"), tmp_path / "harness.js")
     ref = lambda f: {"filename": f, "subfolder": "stylecloak", "type": "temp"}  # noqa: E731
     pair = {"clean": ref("c.png"), "protected": ref("p.png"), "stats": {"psnr": 40.123, "ssim": 0.99,
                                                                            "linf_255": 8}}
@@ -586,26 +390,3 @@ def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
     assert [r[0] for r in table["rows"][1:]] == list(report["conditions"])
     assert report["verdict"] in table["text"] and table["width"] >= 560
     assert mimicry["states"][-1]["rows"] == [table["rows"][0]], "an empty report draws an empty table"
-
-
-# ------------------------------------------------------------------------------------------------ thumbnails
-def test_workflow_thumbnails_exist_and_their_layout_is_sound():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_workflow_thumbnails",
-                                                  ROOT / "tools" / "make_workflow_thumbnails.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    for name, wf in DEFS.WORKFLOWS.items():
-        for ext in ("png", "jpg"):
-            assert (ROOT / "example_workflows" / f"{name}.{ext}").is_file(), "run tools/make_workflow_thumbnails.py"
-        boxes, sockets_in, sockets_out, (w, h) = tool.geometry(wf["nodes"])
-        assert set(boxes) == set(wf["nodes"])
-        rects = list(boxes.values())
-        for i, a in enumerate(rects):
-            assert 0 <= a[0] and a[2] <= w and 0 <= a[1] and a[3] <= h
-            for b in rects[i + 1:]:
-                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], "boxes overlap"
-        links = [(nid, k, v) for nid, (_, ins) in wf["nodes"].items() for k, v in ins.items() if isinstance(v, tuple)]
-        assert {(nid, k) for nid, k, _ in links} == set(sockets_in)
-        assert {v for _, _, v in links} == set(sockets_out)
