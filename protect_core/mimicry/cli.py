@@ -48,6 +48,10 @@ def add_arguments(p) -> None:
     ft.add_argument("--prior-images", type=int, default=d.prior_images)
     ft.add_argument("--resolution", type=int, default=None,
                     help="training/generation size (default: 512, capped by the smallest clean image)")
+    ft.add_argument("--memory", default="auto", choices=["auto", "fast", "balanced", "low"],
+                    help="memory mode for the fine-tunes and generations: auto picks by free memory; balanced = "
+                    "half-precision autocast + UNet checkpointing; low = also VAE checkpointing. Out of memory "
+                    "restarts the test in the next lower mode")
     gen = p.add_argument_group("generation and scoring")
     gen.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS))
     gen.add_argument("--samples", type=int, default=d.samples)
@@ -136,7 +140,7 @@ def run(args, host) -> dict:
     on_step, close = progress_bar(args, 0, "mimicry")
     try:
         report = run_mimicry_test(host, clean, train, settings, Progress(0, on_step), references=refs,
-                                  embedder=embedder)
+                                  embedder=embedder, memory=args.memory)
     finally:
         close()
     paths = report.save(args.out, samples=args.save_samples)
@@ -147,4 +151,5 @@ def run(args, host) -> dict:
     ceiling = {"style_similarity": report.ceiling["style_similarity"]["mean"],
                "artist_share": report.ceiling["nearest_centroid"]["artist_share"]}
     return {"verdict": report.verdict, "sanity_check": report.sanity, "conditions": rows,
-            "ceiling_clean_vae_roundtrip": ceiling, "report": paths}
+            "ceiling_clean_vae_roundtrip": ceiling,
+            "memory": {"name": report.memory["name"], "fallbacks": report.memory["fallbacks"]}, "report": paths}

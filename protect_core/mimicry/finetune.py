@@ -5,6 +5,11 @@ them through ``weight_overrides``. One fine-tune = the standard denoising loss o
 rare-token instance prompt (plus, optionally, the same loss on base-model images of the class prompt, weighted by
 ``prior_weight``), minimised with AdamW. Everything random (batches, noise, timesteps, adapter init) comes from the
 settings' seed, so every training set of one test sees the same randomness.
+
+Memory (``memory=``, see :mod:`protect_core.purify.memory_job`): the fine-tune back-propagates through the UNet, so
+``auto`` sizes it as UNet-backward work on ``batch x resolution^2`` pixels (twice that with prior preservation);
+half precision uses the session's loss scaling (an overflowed step is skipped); out of memory restarts the
+fine-tune from its seed in the next lower mode.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 from ..diffusion import denoising_loss
 from ..lora import LoRA, WeightCopies, attention_targets
 from ..progress import Progress
+from ..memory_job import MemoryJob, active_memory, run_in_memory_mode, unscale_grads
 from ..sampling import txt2img
 from .settings import MimicrySettings
 
@@ -25,6 +31,19 @@ class FinetuneResult:
     losses: list[float]                    # training loss per step
     trainable_parameters: int
     adapter: dict                          # adapter config (kind, rank, targets ...)
+    memory: dict | None = None             # the memory mode it ran in and any out-of-memory fallbacks
+
+
+#: what to change when the mimicry test runs out of memory even in the lowest mode
+LIMIT_ADVICE = ("Lower the fine-tune batch size (--batch-size), the generation batch (--sample-batch) or the "
+                "resolution (--resolution), drop --prior-preservation, load the model in half precision "
+                "(--dtype fp16), or run on the CPU (--device cpu).")
+
+
+def finetune_job(settings: MimicrySettings, images01: torch.Tensor) -> MemoryJob:
+    """The fine-tune's memory need: UNet backward on one batch (plus a prior batch) of training latents."""
+    pixels = min(settings.batch_size, images01.shape[0]) * images01.shape[-2] * images01.shape[-1]
+    return MemoryJob(True, pixels * (2 if settings.prior_preservation else 1))
 
 
 def select_targets(host, settings: MimicrySettings) -> list[str]:
@@ -75,16 +94,30 @@ def _latents(host, mean, std, idx, g):
 
 
 def finetune(host, images01: torch.Tensor, settings: MimicrySettings, progress: Progress | None = None,
-             class_images01: torch.Tensor | None = None) -> FinetuneResult:
-    """Fine-tune a private adapter on ``images01`` (B, 3, S, S) in [0, 1]. Call inside ``host.borrowed()``."""
+             class_images01: torch.Tensor | None = None, memory="auto") -> FinetuneResult:
+    """Fine-tune a private adapter on ``images01`` (B, 3, S, S) in [0, 1] (borrows the host itself).
+
+    ``memory``: "auto" (default), "fast", "balanced", "low" or a MemoryMode; "auto" or None inside a memory
+    session the caller holds: that session. ``result.memory`` says which mode ran and any fallbacks.
+    """
+    if settings.prior_preservation and class_images01 is None:
+        raise ValueError("prior preservation needs class images")
+    work = f"fine-tuning ({settings.method}) on {images01.shape[0]} image(s) of {images01.shape[-1]} px"
+    result, record = run_in_memory_mode(
+        host, memory, lambda: _finetune(host, images01, settings, progress, class_images01),
+        [finetune_job(settings, images01)], work=work, advice=LIMIT_ADVICE, progress=progress)
+    result.memory = record
+    return result
+
+
+def _finetune(host, images01, settings: MimicrySettings, progress, class_images01) -> FinetuneResult:
+    """One fine-tune from the settings' seed, in whatever memory session is active."""
     adapter = make_adapter(host, settings)
     g = torch.Generator().manual_seed(settings.seed + 1)
     mean, std = _posterior(host, images01, settings.batch_size)
     cond = host.encode_text([settings.instance_prompt])
     prior = None
     if settings.prior_preservation:
-        if class_images01 is None:
-            raise ValueError("prior preservation needs class images")
         prior = (*_posterior(host, class_images01, settings.batch_size), host.encode_text([settings.class_prompt]))
     params = adapter.parameters()
     for p in params:
@@ -92,6 +125,7 @@ def finetune(host, images01: torch.Tensor, settings: MimicrySettings, progress: 
     opt = torch.optim.AdamW(params, lr=settings.resolved_lr(), weight_decay=0.0)
     n, bs = mean.shape[0], min(settings.batch_size, mean.shape[0])
     losses: list[float] = []
+    active = active_memory(host)   # half precision (memory mode): loss scaling, overflowed steps skipped
     for _ in range(settings.steps):
         idx = torch.randperm(n, generator=g)[:bs]
         loss = denoising_loss(host, _latents(host, mean, std, idx, g), cond, generator=g,
@@ -102,8 +136,9 @@ def finetune(host, images01: torch.Tensor, settings: MimicrySettings, progress: 
             loss = loss + settings.prior_weight * denoising_loss(
                 host, _latents(host, pm, ps, pidx, g), pcond, generator=g, weight_overrides=adapter.overrides())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        (loss * (1.0 if active is None else active.loss_scale)).backward()   # scale 1.0 is exact: a no-op
+        if unscale_grads(active, [p.grad for p in params]):
+            opt.step()
         losses.append(float(loss.detach()))
         if progress is not None:
             progress.step(loss=losses[-1])

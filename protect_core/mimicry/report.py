@@ -33,6 +33,7 @@ class MimicryReport:
     clean_preview: torch.Tensor | None = field(default=None, repr=False)
     ceiling: dict = field(default_factory=dict)                  # scores of the clean art's VAE round trip
     ceiling_images: torch.Tensor | None = field(default=None, repr=False)
+    memory: dict | None = None                                   # memory mode used, out-of-memory fallbacks
 
     @property
     def inconclusive(self) -> bool:
@@ -42,7 +43,7 @@ class MimicryReport:
         return {"verdict": self.verdict, "sanity_check": self.sanity, "conditions": self.conditions,
                 "ceiling_clean_vae_roundtrip": self.ceiling, "references": self.references,
                 "embedder": self.embedder, "settings": self.settings,
-                "model": self.model, "seconds": self.seconds}
+                "model": self.model, "memory": self.memory, "seconds": self.seconds}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)

@@ -7,6 +7,11 @@ that. Every fine-tune starts from the same host weights with the same seed, and 
 same prompts and noise seeds, so the only difference between conditions is the training data. The host is
 borrowed for the whole run and comes back unchanged, also on failure or cancellation (nothing is written by this
 function; :meth:`MimicryReport.save` writes the card).
+
+Memory: one mode for the whole run (``memory=``; ``auto`` sizes the fine-tune as UNet-backward work and the
+generations as inference, and takes the lower of the two), so every condition runs with the same numerics. Out of
+memory anywhere in the model work restarts it all in the next lower mode (logged, and listed in the report's
+``memory``); below ``low`` a :class:`~protect_core.memory.MemoryLimitError` names the settings to change.
 """
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ from typing import Callable, Mapping
 import torch
 
 from ..progress import Progress
+from ..memory_job import MemoryJob, run_in_memory_mode
 from ..sampling import txt2img
 from . import scoring
-from .finetune import finetune, prior_images, select_targets
+from .finetune import LIMIT_ADVICE, finetune, finetune_job, prior_images, select_targets
 from .report import MimicryReport
 from .settings import MimicrySettings
 from .style import DescriptorEmbedder, StyleEmbedder, stack_images
@@ -31,18 +37,33 @@ def _chunks(settings: MimicrySettings, n: int) -> list[tuple[int, int]]:
     return [(i, min(settings.sample_batch, n - i)) for i in range(0, n, settings.sample_batch)]
 
 
+def generation_job(settings: MimicrySettings, n: int | None = None) -> MemoryJob:
+    """Generation's memory need: inference on one sample batch (twice the latents with guidance)."""
+    batch = min(settings.sample_batch, settings.samples if n is None else n)
+    return MemoryJob(False, batch * settings.resolution ** 2 * (1 if settings.guidance == 1.0 else 2))
+
+
 def generate(host, settings: MimicrySettings, overrides=None, progress: Progress | None = None,
-             n: int | None = None, seed_offset: int = 0) -> torch.Tensor:
-    """``n`` (default ``settings.samples``) images in [0, 1] on the CPU; prompt i = prompts[i % len(prompts)]."""
+             n: int | None = None, seed_offset: int = 0, memory="auto") -> torch.Tensor:
+    """``n`` (default ``settings.samples``) images in [0, 1] on the CPU; prompt i = prompts[i % len(prompts)].
+    ``memory``: as for :func:`~protect_core.mimicry.finetune.finetune` (out of memory: all ``n`` again)."""
     n = settings.samples if n is None else n
-    size, out = settings.resolution, []
-    for start, k in _chunks(settings, n):
-        prompts = [settings.prompts[(start + j) % len(settings.prompts)] for j in range(k)]
-        out.append(txt2img(host, prompts, height=size, width=size, steps=settings.sample_steps,
-                           guidance=settings.guidance, negative=settings.negative_prompt,
-                           seed=settings.seed + seed_offset + start, weight_overrides=overrides,
-                           progress=progress).cpu())
-    return torch.cat(out)
+    size = settings.resolution
+
+    def run() -> torch.Tensor:
+        out = []
+        for start, k in _chunks(settings, n):
+            prompts = [settings.prompts[(start + j) % len(settings.prompts)] for j in range(k)]
+            out.append(txt2img(host, prompts, height=size, width=size, steps=settings.sample_steps,
+                               guidance=settings.guidance, negative=settings.negative_prompt,
+                               seed=settings.seed + seed_offset + start, weight_overrides=overrides,
+                               progress=progress).cpu())
+        return torch.cat(out)
+
+    images, _ = run_in_memory_mode(host, memory, run, [generation_job(settings, n)],
+                                   work=f"generating {n} image(s) of {size} px", advice=LIMIT_ADVICE,
+                                   progress=progress)
+    return images
 
 
 def _as_list(images) -> list[torch.Tensor]:
@@ -95,13 +116,14 @@ def run_mimicry_test(host, clean_images, train_sets: Mapping[str, object],
                      settings: MimicrySettings | None = None, progress: Progress | None = None, *,
                      references: Mapping[str, object] | None = None, embedder: StyleEmbedder | None = None,
                      classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     classifier_artist_index: int | None = None) -> MimicryReport:
+                     classifier_artist_index: int | None = None, memory="auto") -> MimicryReport:
     """Run the whole mimicry test (see module doc) and return its report (nothing is written to disk).
 
     ``clean_images`` / each training set / each reference set: a (B, 3, H, W) tensor in [0, 1], or a list of
     (3, H, W) tensors or loaded images (``.rgb``). ``references``: other styles for the nearest-centroid attribution
     (default: base-model generations with unused seeds). ``classifier``: optional ``probs(images01) -> (B, K)``
-    with ``classifier_artist_index`` the artist's class.
+    with ``classifier_artist_index`` the artist's class. ``memory``: "auto" (default), "fast", "balanced", "low"
+    or a MemoryMode; ``report.memory`` says which mode ran and any out-of-memory fallbacks.
     """
     settings = (settings or MimicrySettings()).validate(host.vae_scale_factor)
     train_sets = dict(train_sets)
@@ -111,39 +133,18 @@ def run_mimicry_test(host, clean_images, train_sets: Mapping[str, object],
     size = settings.resolution
     clean = stack_images(clean_images, size)
     train = {name: stack_images(imgs, size) for name, imgs in train_sets.items()}
-    refs = None if references is None else {n: stack_images(v, size) for n, v in references.items()}
+    own_refs = None if references is None else {n: stack_images(v, size) for n, v in references.items()}
     progress = progress or Progress()
-    progress.add_total(_total_steps(settings, len(train), refs is None))
+    progress.add_total(_total_steps(settings, len(train), own_refs is None))
     progress.check()
-
-    images, conditions, t_start = {}, {}, time.perf_counter()
-    with host.borrowed():
-        select_targets(host, settings)  # a bad layer selection fails now, not after the first generations
-        t0 = time.perf_counter()
-        images["base"] = generate(host, settings, None, progress)
-        conditions["base"] = {"trained_on": None, "sampling_s_per_image": _per(t0, settings.samples)}
-        if refs is None:
-            refs = {"base_model": generate(host, settings, None, progress, n=settings.reference_samples,
-                                           seed_offset=10_000)}
-        class_images = prior_images(host, settings, progress) if settings.prior_preservation else None
-        for name, data in [("clean", clean), *train.items()]:
-            t0 = time.perf_counter()
-            result = finetune(host, data, settings, progress, class_images)
-            t1 = time.perf_counter()
-            images[name] = generate(host, settings, result.overrides, progress)
-            del result.overrides
-            conditions[name] = {
-                "trained_on": len(data), "final_loss": _tail_mean(result.losses),
-                "first_loss": _head_mean(result.losses), "loss_curve": _curve(result.losses),
-                "trainable_parameters": result.trainable_parameters, "finetune_s": round(t1 - t0, 3),
-                "finetune_steps_per_s": round(settings.steps / max(t1 - t0, 1e-9), 3),
-                "sampling_s_per_image": _per(t1, settings.samples)}
-
-        ceiling_images = vae_roundtrip(host, clean, settings.batch_size)
-        embedder = embedder or DescriptorEmbedder(host, seed=settings.seed)
-        embedder.fit(torch.cat([clean, *refs.values()]))
-        ref_emb = {"artist": embedder.embed(clean), **{n: embedder.embed(v) for n, v in refs.items()}}
-        gen_emb = {name: embedder.embed(imgs) for name, imgs in {**images, CEILING: ceiling_images}.items()}
+    t_start = time.perf_counter()
+    jobs = [generation_job(settings, max(settings.samples, settings.reference_samples))]
+    if settings.steps > 0:
+        jobs.append(finetune_job(settings, max([clean, *train.values()], key=len)))
+    work = f"running the mimicry test ({settings.method}, {size} px, batch {settings.batch_size})"
+    (images, conditions, refs, ceiling_images, embedder, ref_emb, gen_emb), mem = run_in_memory_mode(
+        host, memory, lambda: _model_work(host, settings, clean, train, own_refs, embedder, progress), jobs,
+        work=work, advice=LIMIT_ADVICE, progress=progress)
     nc = scoring.NearestCentroid(ref_emb, "artist")
     centre = scoring.centroid(ref_emb["artist"])
     sims, ceiling = {}, {}
@@ -165,7 +166,39 @@ def run_mimicry_test(host, clean_images, train_sets: Mapping[str, object],
                     "nearest_centroid_reference_accuracy": round(nc.training_accuracy(ref_emb), 6)},
         conditions=conditions, sanity=sanity, verdict=_overall(conditions, sanity),
         seconds=round(time.perf_counter() - t_start, 3), images=images, clean_preview=clean,
-        ceiling=ceiling, ceiling_images=ceiling_images)
+        ceiling=ceiling, ceiling_images=ceiling_images, memory=mem)
+
+
+def _model_work(host, settings: MimicrySettings, clean, train: dict, refs, embedder, progress):
+    """Everything that uses the model, from scratch (an out-of-memory retry runs it all again): generations,
+    fine-tunes, the clean art's VAE round trip and the embeddings. Runs in the caller's borrow and memory session."""
+    images, conditions = {}, {}
+    select_targets(host, settings)  # a bad layer selection fails now, not after the first generations
+    t0 = time.perf_counter()
+    images["base"] = generate(host, settings, None, progress, memory=None)
+    conditions["base"] = {"trained_on": None, "sampling_s_per_image": _per(t0, settings.samples)}
+    if refs is None:
+        refs = {"base_model": generate(host, settings, None, progress, n=settings.reference_samples,
+                                       seed_offset=10_000, memory=None)}
+    class_images = prior_images(host, settings, progress) if settings.prior_preservation else None
+    for name, data in [("clean", clean), *train.items()]:
+        t0 = time.perf_counter()
+        result = finetune(host, data, settings, progress, class_images, memory=None)
+        t1 = time.perf_counter()
+        images[name] = generate(host, settings, result.overrides, progress, memory=None)
+        del result.overrides
+        conditions[name] = {
+            "trained_on": len(data), "final_loss": _tail_mean(result.losses),
+            "first_loss": _head_mean(result.losses), "loss_curve": _curve(result.losses),
+            "trainable_parameters": result.trainable_parameters, "finetune_s": round(t1 - t0, 3),
+            "finetune_steps_per_s": round(settings.steps / max(t1 - t0, 1e-9), 3),
+            "sampling_s_per_image": _per(t1, settings.samples)}
+    ceiling_images = vae_roundtrip(host, clean, settings.batch_size)
+    embedder = embedder or DescriptorEmbedder(host, seed=settings.seed)
+    embedder.fit(torch.cat([clean, *refs.values()]))
+    ref_emb = {"artist": embedder.embed(clean), **{n: embedder.embed(v) for n, v in refs.items()}}
+    gen_emb = {name: embedder.embed(imgs) for name, imgs in {**images, CEILING: ceiling_images}.items()}
+    return images, conditions, refs, ceiling_images, embedder, ref_emb, gen_emb
 
 
 @torch.no_grad()

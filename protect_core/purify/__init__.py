@@ -1,7 +1,8 @@
 """Purify block (the attacker's toolbox): IMPRESS, DiffPure, GrIDPure, noisy upscaling and classic filters.
 
-``purify(host, images01, chain, seed, progress)`` runs any chain of registered purifiers as one step; see
-:mod:`protect_core.purify.base` for the contract and :mod:`protect_core.purify.methods` for the purifiers.
+``purify(host, images01, chain, seed, progress, memory="auto")`` runs any chain of registered purifiers as one
+step; see :mod:`protect_core.purify.base` for the contract, :mod:`protect_core.purify.methods` for the purifiers
+and :mod:`protect_core.purify.memory_job` for memory modes (shared with the mimicry test).
 """
 from .base import Purifier, available_purifiers, describe_purifiers, get_purifier, purify, register
 

@@ -6,13 +6,14 @@ images of the same shape and range from which the cloak is (hopefully) gone. Eac
 ``param_doc``) and a one-line ``summary``. Filters (``needs_host = False``) work without a model; the diffusion
 purifiers and IMPRESS borrow the host's model through ``host.borrowed()`` and never change it.
 
-``purify(host, images01, chain, seed, progress)`` runs a chain such as ``[("jpeg", {"quality": 75}),
+``purify(host, images01, chain, seed, progress, memory)`` runs a chain such as ``[("jpeg", {"quality": 75}),
 ("diffpure", {})]`` in order, inside one borrow when any stage needs the model, and returns
-``(images01, info)`` where ``info`` records each stage's resolved parameters, seconds and own numbers.
+``(images01, info)`` where ``info`` records each stage's resolved parameters, seconds and own numbers, and the
+memory mode used (:mod:`protect_core.purify.memory_job`: chosen once per call; out of memory reruns the whole chain
+in the next lower mode).
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import pkgutil
 import time
@@ -20,7 +21,14 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from ..memory import memory_mode
 from ..progress import Progress
+from ..memory_job import MemoryJob, run_in_memory_mode
+
+#: what to change when a chain runs out of memory even in the lowest mode
+LIMIT_ADVICE = ("Purify smaller images (--max-pixels, or downscale them first), fewer images at once, a smaller "
+                "gridpure tile_batch or noisy_upscale scale, load the model in half precision (--dtype fp16), or run "
+                "on the CPU (--device cpu).")
 
 
 class Purifier:
@@ -40,9 +48,14 @@ class Purifier:
         """How many ``progress.step()`` calls ``run`` will make (for the progress bar's total)."""
         return 1
 
+    def memory_pixels(self, params: dict, images: torch.Tensor, host) -> int:
+        """Image pixels the model sees at once (for the ``auto`` memory choice): the whole batch by default."""
+        return int(images[:, 0].numel())
+
     def run(self, host, images: torch.Tensor, params: dict, generator: torch.Generator,
             progress: Progress) -> tuple[torch.Tensor, dict]:
-        """Purify ``images`` (B, 3, H, W) in [0, 1]; return (images in [0, 1] of the same shape, info dict)."""
+        """Purify ``images`` (B, 3, H, W) in [0, 1]; return (images in [0, 1] of the same shape, info dict).
+        Never write into ``images`` (an out-of-memory retry starts again from them)."""
         raise NotImplementedError
 
 
@@ -124,13 +137,16 @@ def check_images(images01) -> torch.Tensor:
     return images01[None] if images01.dim() == 3 else images01
 
 
-def purify(host, images01: torch.Tensor, chain, seed: int = 0,
-           progress: Progress | None = None) -> tuple[torch.Tensor, dict]:
+def purify(host, images01: torch.Tensor, chain, seed: int = 0, progress: Progress | None = None,
+           memory="auto") -> tuple[torch.Tensor, dict]:
     """Run ``chain`` on ``images01`` (B, 3, H, W) in [0, 1] as one step; returns (images01, info).
 
     ``host`` may be None when every stage is a filter. Stage ``k`` draws its randomness from a generator seeded
     with ``seed + k``, so the same seed gives the same output. Cancellation (``progress`` with a CancelToken)
     raises :class:`~protect_core.errors.Cancelled`; the host's model is left untouched either way.
+    ``memory``: "auto" (default), "fast", "balanced", "low" or a MemoryMode, for chains that use the model;
+    ``info["memory"]`` says which mode ran and any out-of-memory fallbacks (None for filter-only chains). Below
+    ``low``: :class:`~protect_core.memory.MemoryLimitError`. ``images01`` is never written.
     """
     x = check_images(images01)
     stages = [(get_purifier(name), params) for name, params in normalise_chain(chain)]
@@ -141,13 +157,16 @@ def purify(host, images01: torch.Tensor, chain, seed: int = 0,
     if uses_host and host is None:
         names = [p.name for p, _ in resolved if p.needs_host]
         raise ValueError(f"purifier(s) {', '.join(names)} need a diffusion model (host), but none was given")
+    if memory is not None:
+        memory_mode(memory)   # a bad memory name fails before any work, also for filter-only chains
     progress = progress if progress is not None else Progress()
     device, dtype = x.device, x.dtype
     t_all = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    borrow = host.borrowed() if uses_host else contextlib.nullcontext()
-    with borrow:
-        progress.add_total(sum(p.count_steps(params, x, host) for p, params in resolved))
+    progress.add_total(sum(p.count_steps(params, x, host) for p, params in resolved))
+
+    def run_chain() -> tuple[torch.Tensor, list[dict]]:
+        """The whole chain from the input (a retry after out-of-memory starts here again)."""
+        records: list[dict[str, Any]] = []
         out = x.detach().float()
         for k, (p, params) in enumerate(resolved):
             progress.check()
@@ -157,7 +176,18 @@ def purify(host, images01: torch.Tensor, chain, seed: int = 0,
             out = out.detach().float().clamp(0, 1).to(device)
             records.append({"name": p.name, "params": dict(params),
                             "seconds": round(time.perf_counter() - t0, 4), **(info or {})})
-    return out.to(dtype), {"chain": records, "seed": int(seed), "seconds": round(time.perf_counter() - t_all, 4)}
+        return out, records
+
+    if uses_host:
+        jobs = [MemoryJob(False, p.memory_pixels(params, x, host)) for p, params in resolved if p.needs_host]
+        names = ",".join(p.name for p, _ in resolved)
+        work = f"purifying {x.shape[0]} image(s) of {x.shape[-1]}x{x.shape[-2]} px ({names})"
+        (out, records), mem = run_in_memory_mode(host, memory, run_chain, jobs, work=work, advice=LIMIT_ADVICE,
+                                                 progress=progress)
+    else:
+        (out, records), mem = run_chain(), None
+    return out.to(dtype), {"chain": records, "seed": int(seed), "seconds": round(time.perf_counter() - t_all, 4),
+                           "memory": mem}
 
 
 def describe_purifiers(names: Sequence[str] | None = None) -> list[dict]:

@@ -2,7 +2,8 @@
 
 Output files keep the input's name with the suffix of ``--format`` (png by default, lossless), alpha and bit depth
 come back as they were read, writes are atomic, and the input file is never overwritten. The JSON summary lists
-each image's PSNR to its input (how much the purifier changed it) and seconds.
+each image's PSNR to its input (how much the purifier changed it), seconds and memory mode (``--memory``; after an
+out-of-memory fallback the following images start in the lower mode).
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
                         help="default: the papers' settings; quick: fewer iterations")
     parser.add_argument("--format", choices=FORMATS, default="png", help="output format (same = input's)")
+    parser.add_argument("--memory", default="auto", choices=["auto", "fast", "balanced", "low"],
+                        help="memory mode for purifiers that use the model: auto picks by free memory; balanced = "
+                        "half-precision autocast + UNet checkpointing; low = also VAE checkpointing. Out of memory "
+                        "falls back to the next lower mode (and later images keep the lower mode)")
     from ..cli import add_max_pixels
 
     add_max_pixels(parser)
@@ -126,6 +131,7 @@ def run(args, host) -> dict:
     rows = []
     on_step, close = progress_bar(args, 0, "purify (" + ",".join(n for n, _ in chain) + ")")
     progress = Progress(on_step=on_step)
+    memory = args.memory   # lowered for the following images after an out-of-memory fallback
     try:
         for k, (src, dst) in enumerate(zip(inputs, outputs)):
             row = {"input": str(src), "output": str(dst)}
@@ -137,15 +143,20 @@ def run(args, host) -> dict:
                 row.update(status="failed", error=str(e))
                 log.warning("%s", e)
                 continue
-            out, info = purify(host, img.rgb[None], chain, seed=args.seed + k, progress=progress)
+            out, info = purify(host, img.rgb[None], chain, seed=args.seed + k, progress=progress, memory=memory)
+            mem = info["memory"]
+            if mem is not None and mem["fallbacks"]:
+                memory = mem["name"]
             same = out.shape[-2:] == img.rgb.shape[-2:]
             notes = save_image(dst, out[0], like=img if same else None)  # alpha cannot follow a size change
             row.update(status="written", width=int(out.shape[-1]), height=int(out.shape[-2]),
                        psnr_to_input=round(float(psnr(quantize(out), img.rgb[None])), 3) if same else None,
                        seconds=round(time.perf_counter() - t0, 3), warnings=list(img.warnings) + list(notes),
-                       stages=[{k2: v for k2, v in st.items() if k2 != "params"} for st in info["chain"]])
+                       stages=[{k2: v for k2, v in st.items() if k2 != "params"} for st in info["chain"]],
+                       memory=None if mem is None else {"name": mem["name"], "fallbacks": mem["fallbacks"]})
     finally:
         close()
     written = sum(1 for r in rows if r.get("status") == "written")
     return {"chain": [{"name": n, "params": p} for n, p in resolved], "preset": args.preset,
-            "output": str(args.output), "written": written, "failed": len(rows) - written, "images": rows}
+            "memory": args.memory, "output": str(args.output), "written": written, "failed": len(rows) - written,
+            "images": rows}

@@ -76,6 +76,10 @@ class NoisyUpscale(Purifier):
     def count_steps(self, params, images, host):
         return len(sdedit_timesteps(host, params["strength"], params["steps"]))
 
+    def memory_pixels(self, params, images, host):
+        h, w = images.shape[-2:]
+        return images.shape[0] * round(h * params["scale"]) * round(w * params["scale"])
+
     def run(self, host, images, params, generator, progress):
         h, w = images.shape[-2:]
         big = (round(h * params["scale"]), round(w * params["scale"]))

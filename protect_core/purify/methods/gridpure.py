@@ -127,6 +127,10 @@ class GrIDPure(Purifier):
         chunks = -(-n_tiles * images.shape[0] // params["tile_batch"])
         return params["iterations"] * chunks * len(sdedit_timesteps(host, strength, steps))
 
+    def memory_pixels(self, params, images, host):
+        (th, tw, _, _), n_tiles, _, _ = self._plan(params, images, host)
+        return min(params["tile_batch"], n_tiles * images.shape[0]) * th * tw
+
     def run(self, host, images, params, generator, progress):
         (th, tw, sh, sw), n_tiles, strength, steps = self._plan(params, images, host)
         xp, size = pad_to_multiple(images.float(), host.vae_scale_factor)

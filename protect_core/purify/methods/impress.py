@@ -7,7 +7,8 @@ close to the protected one::
     minimise  ||D(E(x)) - x||^2  +  alpha * max(perceptual(x, x_protected) - eps, 0)
 
 (mean squared error in the VAE's [-1, 1] space, per image) with Adam, a cosine-decayed learning rate and a clamp to
-[0, 1] after every step. Gradients go through ``host.encode``/``host.decode`` inside ``host.borrowed()``. The
+[0, 1] after every step. Gradients go through ``host.encode``/``host.decode`` inside ``host.borrowed()`` (in half
+precision under a memory mode, with the session's loss scaling; an overflowed step is skipped). The
 perceptual distance is :func:`protect_core.metrics.perceptual_distance` (offline DSSIM pyramid by default, LPIPS
 when its weights are already on the machine).
 """
@@ -20,6 +21,7 @@ import torch
 from ...images import pad_to_multiple, unpad
 from ...metrics import perceptual_distance
 from ..base import Purifier, register
+from ...memory_job import active_memory, unscale_grads
 
 
 def consistency_loss(host, x01: torch.Tensor) -> torch.Tensor:
@@ -102,12 +104,15 @@ class Impress(Purifier):
             noise = torch.randn(x.shape, generator=generator).to(x)
             x = (x + float(params["start_noise"]) * noise).clamp(0, 1)
         opt = Adam(x)
+        active = active_memory(host)   # half precision (memory mode): loss scaling, overflowed steps skipped
         for step in range(total):
             xg = x.detach().requires_grad_(True)
             obj, _, _ = impress_objective(host, xg, protected, alpha, eps, kind)
-            (grad,) = torch.autograd.grad(obj.sum(), xg)
-            opt.step(x, grad, cosine_lr(float(params["lr"]), step, total))
-            x.clamp_(0, 1)
+            scale = 1.0 if active is None else active.loss_scale
+            (grad,) = torch.autograd.grad(obj.sum() * scale, xg)   # scale 1.0 is exact: a no-op
+            if unscale_grads(active, [grad]):
+                opt.step(x, grad, cosine_lr(float(params["lr"]), step, total))
+                x.clamp_(0, 1)
             progress.step(loss=float(obj.detach().mean()))
         x = x.detach()
         with torch.no_grad():
