@@ -2,8 +2,10 @@
 
 :func:`borrow_modules` wraps every gradient session (see ``HostModel.borrowed``). On the way out, however the block
 ended, it restores each parameter's ``requires_grad`` flag and each module's ``training`` flag, and removes any hook
-(and any new plain attribute) that appeared on the host's modules during the session. :func:`fingerprint` gives tests a digest of everything that
-must come back bit-identical: weights and buffers, flags, hooks, device and dtype placement.
+(and any new plain attribute) that appeared on the host's modules during the session. :func:`fingerprint` gives tests
+a digest of everything that must come back bit-identical: weights and buffers, flags, hooks, device and dtype
+placement, and the attributes a memory session sets for a borrow (:data:`SESSION_ATTRS`: checkpointing flags and
+functions, attention processors, instance-level ``forward`` overrides), compared by value or object identity.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ log = logging.getLogger(__name__)
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                 "_state_dict_hooks", "_load_state_dict_pre_hooks", "_forward_hooks_with_kwargs",
                 "_forward_pre_hooks_with_kwargs")
+
+#: attributes a memory session (protect_core.memory) may set on a host module for the length of a borrow
+SESSION_ATTRS = ("forward", "gradient_checkpointing", "_gradient_checkpointing_func", "processor")
 
 
 def _hook_keys(module: torch.nn.Module) -> dict[str, set]:
@@ -76,6 +81,20 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.numpy().tobytes()).hexdigest()
 
 
+def _attr_token(value) -> object:
+    """A comparable stand-in for an attribute value: plain values as they are, other objects by type and identity
+    (the very object must come back, not an equal copy)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return f"{type(value).__module__}.{type(value).__qualname__}@{id(value):#x}"
+
+
+def session_attrs(root: torch.nn.Module) -> dict[str, object]:
+    """``{"<module>.<attr>": token}`` for each :data:`SESSION_ATTRS` entry set on a module instance of ``root``."""
+    return {f"{name}.{attr}" if name else attr: _attr_token(m.__dict__[attr])
+            for name, m in root.named_modules() for attr in SESSION_ATTRS if attr in m.__dict__}
+
+
 def fingerprint(modules: Mapping[str, torch.nn.Module]) -> dict:
     """Everything about ``modules`` that a borrow must leave unchanged, as a comparable dict."""
     out = {}
@@ -90,6 +109,7 @@ def fingerprint(modules: Mapping[str, torch.nn.Module]) -> dict:
             "requires_grad": {n: p.requires_grad for n, p in root.named_parameters()},
             "training": {n: m.training for n, m in root.named_modules()},
             "hooks": {n: sum(len(v) for v in _hook_keys(m).values()) for n, m in root.named_modules()},
+            "session_attrs": session_attrs(root),
             "class": type(root).__name__,
         }
     return out
@@ -105,7 +125,8 @@ def diff_fingerprints(a: dict, b: dict) -> list[str]:
         for part in a[key]:
             if a[key][part] != b[key][part]:
                 if isinstance(a[key][part], dict):
-                    names = [n for n in a[key][part] if a[key][part].get(n) != b[key][part].get(n)]
+                    pa, pb = a[key][part], b[key][part]
+                    names = sorted(n for n in set(pa) | set(pb) if n not in pa or n not in pb or pa[n] != pb[n])
                     problems.append(f"{key}.{part} changed: {names[:5]}")
                 else:
                     problems.append(f"{key}.{part} changed")

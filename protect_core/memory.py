@@ -16,8 +16,10 @@ auto        the first of fast / balanced / low whose estimated need fits in the 
 
 :func:`memory_session` applies a mode inside ``host.borrowed()``: every flag it sets on the host's modules goes
 through ``host.set_borrowed_attr`` and comes back when the session (or the borrow) ends, however it ends, so the
-borrowed model returns with identical flags and attributes. Checkpointing recomputes blocks during backward with the
-exact tensors (views, weight overrides) of the forward pass, so LoRA/K-V overrides keep their gradients.
+borrowed model returns with identical flags and attributes. Checkpointing (:mod:`protect_core.memory_checkpoint`:
+diffusers modules, and ldm / ComfyUI / A1111 / Forge UNets and VAEs recognised by their layout) recomputes blocks
+during backward with the exact tensors (views, weight overrides) of the forward pass, so LoRA/K-V overrides keep
+their gradients.
 
 Out of memory (``torch.cuda.OutOfMemoryError``, ``RuntimeError('... out of memory ...')``, ``MemoryError``):
 :func:`run_with_fallback` retries with the next lower mode and says so (log + returned messages); below ``low`` it
@@ -35,6 +37,8 @@ from typing import Callable
 import torch
 
 from .errors import StyleCloakError
+from .integrity import SESSION_ATTRS
+from .memory_checkpoint import _checkpoint_fn, enable_checkpointing  # noqa: F401 (public names)
 
 log = logging.getLogger(__name__)
 
@@ -263,33 +267,6 @@ def allows_score_distillation(method) -> bool:
     return isinstance(method, SurrogateAttack)
 
 
-def _checkpoint_fn(module, *args):
-    """Gradient checkpointing of one block that recomputes with the tensors of THIS forward pass: the engine runs
-    modules through ``torch.func.functional_call`` (views, weight overrides), which is undone before backward."""
-    from torch.utils.checkpoint import checkpoint
-
-    if not isinstance(module, torch.nn.Module):
-        return checkpoint(module, *args, use_reentrant=False)
-    state = dict(module.named_parameters(remove_duplicate=False))
-    state.update(module.named_buffers(remove_duplicate=False))
-
-    def run(*a):
-        return torch.func.functional_call(module, state, a, strict=False, tie_weights=False)
-
-    return checkpoint(run, *args, use_reentrant=False)
-
-
-def enable_checkpointing(host, root) -> int:
-    """Turn on diffusers-style gradient checkpointing in ``root`` for this borrow; returns how many modules."""
-    n = 0
-    for m in ([] if root is None else root.modules()):
-        if isinstance(getattr(m, "gradient_checkpointing", None), bool):
-            host.set_borrowed_attr(m, "_gradient_checkpointing_func", _checkpoint_fn)
-            host.set_borrowed_attr(m, "gradient_checkpointing", True)
-            n += 1
-    return n
-
-
 def attention_processor(kind: str):
     from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
 
@@ -347,13 +324,13 @@ class memory_session:
 
 def module_flags(host) -> dict:
     """Everything a memory session may change on the host's modules (checkpointing flags and functions, attention
-    processors, the host's active mode), for tests and integrity checks."""
+    processors, instance-level ``forward`` overrides, the host's active mode), for tests and integrity checks."""
     out = {"host._memory": host.__dict__.get("_memory")}
     for key, root in host.host_modules().items():
         if root is None:
             continue
         for name, m in root.named_modules():
-            for attr in ("gradient_checkpointing", "_gradient_checkpointing_func", "processor"):
+            for attr in SESSION_ATTRS:
                 if attr in m.__dict__:
                     out[f"{key}.{name}.{attr}"] = m.__dict__[attr]
     return out

@@ -1,7 +1,10 @@
 """Memory modes (protect_core.memory): parsing and the automatic choice, numerics of each mode against fp32,
 checkpointing with weight overrides, score distillation, flags restored, and the out-of-memory fallback (simulated
-on CPU) with the host's integrity proven on success, fallback, hard failure and cancel."""
+on CPU) with the host's integrity proven on success, fallback, hard failure and cancel, and the re-planning of tiles
+when a fallback lowers the tile cap."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -170,6 +173,45 @@ def test_oom_falls_back_and_says_so(tiny_host, integrity, rng_images, monkeypatc
     assert mem["name"] == "balanced" and "retrying with memory='balanced'" in mem["fallbacks"][0]
     assert "out of memory" in caplog.text and calls[:2] == ["fast", "fast"] and "balanced" in calls
     assert steps[-1] == 3 and (res[0].image - rng_images(1, 32, 32)[0]).abs().max() <= 8 / 255 + 1e-6
+    assert module_flags(tiny_host) == flags
+    chk.assert_unchanged()
+
+
+def test_fallback_to_low_replans_tiles(tiny_host, integrity, rng_images, monkeypatch, caplog):
+    """Images first planned whole for 'balanced' run out of memory: 'low' caps tiles (32 px here instead of 512, to
+    stay fast), so every unfinished image is cut again into tiles of the new cap before the work goes on."""
+    from protect_core import memory
+
+    monkeypatch.setitem(memory.PRESETS, "low", dataclasses.replace(PRESETS["low"], tile=32))
+    chk, flags = integrity(tiny_host), module_flags(tiny_host)
+    cls, seen = type(get_method("photoguard")), []
+    real = cls.loss
+
+    def loss(self, host, x, step, generator):
+        seen.append((host._memory.mode.name, tuple(x.shape[-2:])))
+        if host._memory.mode.name == "balanced":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+        return real(self, host, x, step, generator)
+
+    monkeypatch.setattr(cls, "loss", loss)
+    images = [rng_images(1, 64, 64)[0], rng_images(1, 40, 24, seed=1)[0]]
+    steps = []
+    res = cloak_images(tiny_host, images, _pg(steps=2), Progress(on_step=lambda d, t, i: steps.append((d, t))),
+                       memory="balanced")
+    assert seen[0] == ("balanced", (64, 64))                          # planned whole for 'balanced'
+    assert {shape for mode, shape in seen[1:]} == {(32, 32), (32, 24)} and {m for m, _ in seen[1:]} == {"low"}
+    assert [r.stats["tiles"] for r in res] == [9, 2]                  # 64 px: 3 x 3 tiles of 32; 40 x 24: 2 x 1
+    for r, clean in zip(res, images):
+        mem = r.stats["memory"]
+        assert mem["name"] == "low" and r.image.shape == clean.shape
+        assert any("retrying with memory='low'" in m for m in mem["fallbacks"])
+        assert any("re-planned 2 image(s) into tiles of at most 32 px" in m for m in mem["fallbacks"])
+        assert (r.image - clean).abs().max() <= 8 / 255 + 1e-6
+    assert "re-planned" in caplog.text and steps[-1][0] == steps[-1][1]  # the progress total follows the plan
+    # an explicit tile size is kept: the fallback does not re-plan it
+    seen.clear()
+    cloak_images(tiny_host, images[:1], _pg(steps=1), memory="balanced", tile_size=64)
+    assert {shape for _, shape in seen} == {(64, 64)}
     assert module_flags(tiny_host) == flags
     chk.assert_unchanged()
 

@@ -7,12 +7,15 @@ runs :func:`protect_core.cloak.optimize.optimize` on each batch, blends tile del
 L-inf and perceptual budgets, see :func:`~protect_core.cloak.optimize.finalize`). Hosts and the CLI call
 :func:`cloak_images`; ``on_result(index, result)`` fires as soon as an image is complete (so the CLI can save it).
 Memory: a mode (:mod:`protect_core.memory`, default ``auto``) is chosen once per call from the largest batch; a
-batch that runs out of memory is retried in the next lower mode (said in the log and in ``stats["memory"]``), and
-below ``low`` a :class:`~protect_core.memory.MemoryLimitError` names the settings to change.
+batch that runs out of memory is retried in the next lower mode (said in the log and in ``stats["memory"]``); when
+that mode caps the tile size below the batch's pieces (``low``: 512 px), every unfinished image is planned again in
+tiles of the new cap before the work goes on. Below ``low`` a :class:`~protect_core.memory.MemoryLimitError` names the
+settings to change.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -24,6 +27,8 @@ from ..progress import Progress
 from .base import CloakMethod, CloakSettings, get_method
 from .optimize import finalize, optimize, validate_settings
 from .tiling import Box, blend, pad_to_multiple, tile_boxes, unpad
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,33 +121,62 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     side = min(default_tile(ref), max(max(img.shape[-2:]) for img in images))
     group = len(images) if ref.joint else min(batch_size, len(images))
     mode = resolve_memory(memory, host, ref, pixels=side * side * group)
-    tile = (int(tile_size or min(default_tile(ref), mode.tile or default_tile(ref))) // f) * f
+
+    def tile_for(m) -> int:
+        return (int(tile_size or min(default_tile(ref), m.tile or default_tile(ref))) // f) * f
+
+    tile = tile_for(mode)
     if tile < 2 * f:
         raise ValueError(f"tile size must be at least {2 * f} px, got {tile_size}")
     overlap = tile // 4 if tile_overlap is None else int(tile_overlap)
     pieces, padded_sizes, boxes = plan_pieces(images, f, tile, overlap, tied)
-    batches = batch_pieces(pieces, ref.joint, batch_size)
+    queue = batch_pieces(pieces, ref.joint, batch_size)
     progress = progress or Progress()
-    progress.add_total(len(batches) * int(s.steps))
+    progress.add_total(len(queue) * int(s.steps))
 
     pending = [len(b) for b in boxes]
+    overlaps = [overlap] * len(images)
     deltas: list[dict] = [dict() for _ in images]
     seconds, before, after = [0.0] * len(images), [[] for _ in images], [[] for _ in images]
     memories: list[dict] = [{} for _ in images]
     results: list[CloakResult | None] = [None] * len(images)
-    for k, batch in enumerate(batches):
+    replanned: list[str] = []   # said in the stats of every image completed after a re-planning
+    k = -1
+    while queue:
+        batch, k = queue.pop(0), k + 1
         x = torch.stack([p.pixels for p in batch])
-        done = progress.done
+        done, start, seen = progress.done, mode, []
 
-        def attempt(m, x=x, k=k, batch=batch):
+        def attempt(m, x=x, k=k, batch=batch, start=start, seen=seen):
+            if m is not start:
+                seen.append(m.reason)                     # this batch's fallback messages so far
+            if tile_size is None and tile_for(m) < max(x.shape[-2:]):
+                raise _Replan(m, list(seen))              # a lower mode with a smaller tile cap: re-plan first
             progress.done = done                          # a retried batch counts its steps once
             method = get_method(s.method)                 # fresh state per batch (and per retry)
             return optimize(host, method, x, dataclasses.replace(s, seed=int(s.seed) + k), progress,
                             channel_tied=batch[0].tied, memory=m)
 
         work = f"cloaking {len(batch)} piece(s) of {x.shape[-1]}x{x.shape[-2]} px"
-        (cloaked, info), mode, fallbacks = run_with_fallback(attempt, mode, host.device, work)
-        info["memory"]["fallbacks"] = fallbacks
+        try:
+            (cloaked, info), mode, fallbacks = run_with_fallback(attempt, mode, host.device, work)
+        except _Replan as replan:
+            progress.done, mode = done, replan.mode
+            tile = tile_for(mode)
+            overlap = tile // 4 if tile_overlap is None else min(int(tile_overlap), tile // 2)
+            redo = [i for i, r in enumerate(results) if r is None]
+            fresh, _, fresh_boxes = plan_pieces(images, f, tile, overlap, tied)
+            for i in redo:   # unfinished images start again in the new tiles (one tile size per image)
+                boxes[i], pending[i], overlaps[i] = fresh_boxes[i], len(fresh_boxes[i]), overlap
+                deltas[i], before[i], after[i] = {}, [], []
+            msg = (f"re-planned {len(redo)} image(s) into tiles of at most {tile} px for memory='{mode.name}'")
+            log.warning(msg)
+            replanned += replan.messages + [msg]
+            remaining = len(queue) + 1
+            queue = batch_pieces([p for p in fresh if results[p.index] is None], ref.joint, batch_size)
+            progress.add_total((len(queue) - remaining) * int(s.steps))
+            continue
+        info["memory"]["fallbacks"] = replanned + fallbacks
         for p, c in zip(batch, cloaked.cpu()):
             deltas[p.index][p.box] = c - p.pixels
             seconds[p.index] += info["seconds"] / len(batch)
@@ -152,13 +186,21 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             pending[p.index] -= 1
             if pending[p.index] == 0:
                 i = p.index
-                results[i] = _assemble(images[i], deltas[i], boxes[i], padded_sizes[i], overlap, s,
+                results[i] = _assemble(images[i], deltas[i], boxes[i], padded_sizes[i], overlaps[i], s,
                                        {"seconds": seconds[i], "objective_before": _mean(before[i]),
                                         "objective_after": _mean(after[i]), "memory": memories[i]})
                 deltas[i] = {}
                 if on_result is not None:
                     on_result(i, results[i])
     return results
+
+
+class _Replan(Exception):
+    """A batch's memory fallback lowered the tile cap below its pieces: plan the unfinished images again."""
+
+    def __init__(self, mode, messages: list[str]):
+        super().__init__(mode.reason)
+        self.mode, self.messages = mode, messages
 
 
 def _mean(values: list[float]) -> float:
