@@ -6,6 +6,11 @@ The test links this extension into ``extensions/`` (removed afterwards), starts 
 a subprocess, which loads the extension's scripts like the web UI does, builds every extension tab, then runs a
 one-step cloak through the StyleCloak tab's handler and the web UI's own GPU queue, and checks the written PNG and
 that the loaded model's fingerprint is unchanged.
+
+The subprocess inherits this environment, ``HF_HUB_OFFLINE=1`` (tests/conftest.py) and ``HF_HOME`` included: A1111
+reads the ``openai/clip-vit-large-patch14`` tokenizer and text config from the Hugging Face cache, which holds them
+once the web UI has started with network access; offline, ``tools/a1111_offline_cache.py`` writes them. A random
+SD 1.5 checkpoint for ``models/Stable-diffusion`` comes from ``tools/make_random_checkpoint.py --kind sd15``.
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ def _python(root: Path) -> str:
 
 
 def test_cloak_in_a_real_a1111(tmp_path):
+    import numpy as np
     from PIL import Image
 
     root = Path(A1111).expanduser().resolve()
@@ -86,4 +92,10 @@ def test_cloak_in_a_real_a1111(tmp_path):
     assert "Cloaked 1 image(s)" in result["status"], result["status"]
     pngs = [Path(f) for f in result["files"] if f.endswith(".png")]
     assert len(pngs) == 1 and Image.open(pngs[0]).size == (64, 64)
+    # The cloak changed the pixels, within the L-inf budget asked for (4 levels), on the web UI's model.
+    shift = np.abs(np.asarray(Image.open(pngs[0]).convert("RGB"), dtype=np.int16)
+                   - np.asarray(Image.open(image), dtype=np.int16))
+    assert 0 < shift.max() <= 4
+    report = json.loads(next(Path(f) for f in result["files"] if f.endswith("report.json")).read_text())
+    assert report["model"]["host"] == "automatic1111"
     assert result["changed"] == []
