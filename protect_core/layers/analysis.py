@@ -1,7 +1,8 @@
 """Rank a model's cross-attention (attn2) layers by how style-sensitive they are on the user's images.
 
 The score (StyleProtect's idea: activation strength under style vs content prompts, checked against an external
-style model), exactly as computed here. Notation: images i = 1..N (centre-cropped, resized to ``size``), timesteps
+style model; plus a causal term: how much the UNet's prediction depends on the layer's reading of the style text),
+exactly as computed here. Notation: images i = 1..N (centre-cropped, resized to ``size``), timesteps
 t in ``timesteps``, noise seeds s = 1..``seeds``; ``z_i`` = VAE posterior mean, ``x_its`` = sqrt(a_t) z_i +
 sqrt(1 - a_t) eps_is (eps drawn once per seed from ``seed``, shared by all t); ``A_l^P(x)`` = output of layer l's
 attn2 module, shape (HW, C), for prompt P (one UNet call per (t, s, batch) runs the style and content prompts on
@@ -24,19 +25,39 @@ the same noisy latents).
    a CLIP vision model is given, else the offline VAE-Gram distance). A layer whose responses separate the images
    the way the style model does carries style. Needs N >= 3 images (3 pairs); otherwise, or when either side is
    constant, C_l is undefined (reported as null) and counts as 0.
-3. Final score, with lambda = ``correlation_weight`` in [0, 1] (default 0.5) shrunk by the evidence, P = N(N-1)/2
+3. Causal effect (score "causal" or "combined"; :mod:`protect_core.layers.causal` does it): ``e(x; c)`` = the
+   UNet's output (eps or v) with every cross-attention layer reading text context c, ``e(x; c_S, l <- c_C)`` = the
+   same call in which layer l alone (its to_k and to_v) reads the content prompt's context c_C::
+
+       k_l(i,t,s) = ||e(x_its; c_S) - e(x_its; c_S, l <- c_C)||_2 / (||e(x_its; c_S) - e(x_its; c_C)||_2 + 1e-12)
+       K_l(t)     = mean over i, s of k_l(i,t,s)          (the heat map's second block)
+       K_l        = mean over t of K_l(t)
+
+   the share of the style-vs-content change of the prediction that goes away when layer l alone stops reading the
+   style text (leave-one-layer-out: one extra UNet call per layer, per (t, s, batch)). S_l says how differently a
+   layer responds to the style text; K_l how much that matters downstream, where the residual stream and later
+   layers may dwarf or undo a large relative change (on the toy model the mid-block layer has the second-largest S_l
+   and the smallest K_l).
+4. Base of the score, by ``score`` (default "causal")::
+
+       B_l = K_l                     ("causal", the default)
+       B_l = S_l                     ("activation": the score before the causal term)
+       B_l = sqrt(S^_l * K^_l)       ("combined"; K^_l = K_l / max_k K_k)
+       B^_l = B_l / max_k B_k
+
+5. Final score, with lambda = ``correlation_weight`` in [0, 1] (default 0.5) shrunk by the evidence, P = N(N-1)/2
    image pairs (a Spearman coefficient over 3 pairs is nearly noise, over 45 it means something)::
 
        lambda_eff = lambda * P / (P + 10)
-       score_l    = S^_l * (1 + lambda_eff * C_l) / (1 + lambda_eff)
+       score_l    = B^_l * (1 + lambda_eff * C_l) / (1 + lambda_eff)
 
-   Sensitivity decides; the correlation scales it by a factor between (1 - lambda_eff) / (1 + lambda_eff)
-   (responses anti-correlated with style) and 1 (perfectly correlated). lambda = 0 ranks by sensitivity alone.
+   The base decides; the correlation scales it by a factor between (1 - lambda_eff) / (1 + lambda_eff)
+   (responses anti-correlated with style) and 1 (perfectly correlated). lambda = 0 ranks by the base alone.
 
 Also reported: ``strength`` = mean RMS of ``A_l^style`` (activation strength, informational). Everything runs inside
 ``host.borrowed()`` under ``torch.no_grad()``; forward hooks are registered on the attn2 modules listed by
-``host.cross_attention_layers()`` and removed in ``finally`` (success, error or cancel). With a fixed ``seed`` the
-result is deterministic.
+``host.cross_attention_layers()`` (and, for the causal term, forward pre-hooks on their ``to_k`` / ``to_v``) and
+removed in ``finally`` (success, error or cancel). With a fixed ``seed`` the result is deterministic.
 """
 from __future__ import annotations
 
@@ -49,11 +70,14 @@ import torch.nn.functional as F
 from ..diffusion import add_noise
 from ..errors import ModelError
 from ..progress import Progress
+from .causal import ablation_effects, score_base
 from .descriptor import as_descriptor
 from .naming import infer_layers_per_block, order_key, to_ldm
 
 DEFAULT_STYLE_PROMPT = "a painting in a distinctive artistic style, with characteristic brushwork, palette and texture"
 DEFAULT_CONTENT_PROMPT = "a painting"
+SCORES = ("activation", "causal", "combined")
+DEFAULT_SCORE = "causal"
 
 
 @dataclass
@@ -66,6 +90,7 @@ class AnalysisSettings:
     size: int = 512                  # analysis resolution (images are centre-cropped to a square and resized)
     batch_size: int = 4              # images per UNet call (each call runs 2x this: style and content prompt)
     correlation_weight: float = 0.5  # lambda of the final score
+    score: str = DEFAULT_SCORE       # the base B_l of the final score: "activation", "causal" or "combined"
 
     def check(self, host) -> "AnalysisSettings":
         ts = tuple(int(t) for t in self.timesteps)
@@ -83,6 +108,7 @@ class AnalysisSettings:
              "the style and content prompts are identical; the style prompt must add the style description"),
             (0.0 <= float(self.correlation_weight) <= 1.0,
              f"correlation_weight must lie in [0, 1], got {self.correlation_weight}"),
+            (self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got {self.score!r}"),
         ]
         for ok, msg in problems:
             if not ok:
@@ -101,6 +127,8 @@ class LayerScore:
     strength: float                 # mean RMS of the attn2 output under the style prompt
     per_timestep: list[float]       # S_l(t) in the order of ``timesteps``
     rank: int = 0
+    causal: float | None = None     # K_l (None: not computed, score="activation")
+    causal_per_timestep: list[float] | None = None  # K_l(t) in the order of ``timesteps``
 
 
 @dataclass
@@ -168,12 +196,12 @@ def effective_weight(weight: float, n_images: int) -> float:
     return float(weight) * pairs / (pairs + 10.0)
 
 
-def final_scores(sensitivity: list[float], correlation: list[float | None], weight: float) -> list[float]:
-    """score_l = S^_l (1 + weight C_l) / (1 + weight), S^ = S / max S, undefined C counting as 0
-    (``weight`` is lambda_eff)."""
-    top = max(sensitivity) if sensitivity else 0.0
+def final_scores(base: list[float], correlation: list[float | None], weight: float) -> list[float]:
+    """score_l = B^_l (1 + weight C_l) / (1 + weight), B^ = B / max B, undefined C counting as 0
+    (``weight`` is lambda_eff; ``base`` is B_l, see :func:`.causal.score_base`)."""
+    top = max(base) if base else 0.0
     out = []
-    for s, c in zip(sensitivity, correlation):
+    for s, c in zip(base, correlation):
         rel = s / top if top > 0 else 0.0
         out.append(rel * (1 + weight * (c or 0.0)) / (1 + weight))
     return out
@@ -207,10 +235,12 @@ class _Recorder:
     """Per-call reductions of every layer's attn2 output; ``split`` = rows of the style half of the batch."""
 
     def __init__(self, names: list[str]):
-        self.names, self.split, self.out = names, 0, {}
+        self.names, self.split, self.out, self.active = names, 0, {}, True
 
     def hook(self, name: str):
         def fn(module, args, kwargs, output):
+            if not self.active:  # the causal part's extra calls are not recorded
+                return
             a = output[0] if isinstance(output, (tuple, list)) else output
             a = a.detach().float()
             a = a.reshape(a.shape[0], -1, a.shape[-1])
@@ -245,11 +275,13 @@ def analyse_layers(host, images, settings: AnalysisSettings | None = None, descr
         raise ModelError("this model has no cross-attention layers to analyse")
     n, ts, n_seeds, bs = x.shape[0], list(settings.timesteps), int(settings.seeds), int(settings.batch_size)
     chunks = [(i, min(i + bs, n)) for i in range(0, n, bs)]
+    use_causal = settings.score != "activation"
     progress = progress or Progress()
-    progress.add_total(n_seeds * len(ts) * len(chunks) + 1)
+    progress.add_total(n_seeds * len(ts) * len(chunks) * (1 + len(layers) * use_causal) + 1)
     desc = as_descriptor(descriptor, host)
     names = [l.name for l in layers]
     ratio = torch.zeros(len(layers), len(ts), n_seeds, n, dtype=torch.float64)
+    effect = torch.zeros_like(ratio) if use_causal else None
     stats: list[torch.Tensor | None] = [None] * len(layers)
     strength = torch.zeros(len(layers), dtype=torch.float64)
     notes = []
@@ -264,9 +296,9 @@ def analyse_layers(host, images, settings: AnalysisSettings | None = None, descr
                 for ti, t in enumerate(ts):
                     for a, b in chunks:
                         x_t = add_noise(latents[a:b], noises[s][a:b], t, host.alphas_cumprod)
-                        rec.split, rec.out = b - a, {}
+                        rec.split, rec.out, rec.active = b - a, {}, True
                         cond = cond_s.repeat_to(b - a).cat(cond_c.repeat_to(b - a))
-                        host.model_output(torch.cat([x_t, x_t]), t, cond)
+                        out = host.model_output(torch.cat([x_t, x_t]), t, cond)
                         missing = [nm for nm in names if nm not in rec.out]
                         if missing:
                             raise ModelError(
@@ -281,26 +313,34 @@ def analyse_layers(host, images, settings: AnalysisSettings | None = None, descr
                             stats[li][a:b] += st.double()
                             strength[li] += rms.double().sum()
                         progress.step(stage="layers", seed=s, timestep=t)
+                        if use_causal:
+                            rec.active = False
+                            effect[:, ti, s, a:b] = ablation_effects(
+                                host, layers, x_t, t, cond_s, cond_c, out[:b - a], out[b - a:],
+                                step=lambda: progress.step(stage="causal", seed=s, timestep=t))
         from_posterior = getattr(desc, "distances_from_posterior", None)
         d_style = (from_posterior(mean) if callable(from_posterior) and getattr(desc, "host", None) is host
                    else desc.distances(x)).double()
         progress.step(stage="descriptor")
     pairs = condensed(d_style)
     if n < 3:
-        notes.append(f"correlation needs >= 3 images, got {n}: ranked by sensitivity alone")
+        notes.append(f"correlation needs >= 3 images, got {n}: ranked by the {settings.score} base alone")
     per_t = ratio.mean(dim=(2, 3))  # (L, T)
     sens = per_t.mean(1).tolist()
+    causal_t = effect.mean(dim=(2, 3)) if use_causal else None  # (L, T)
+    causal = causal_t.mean(1).tolist() if use_causal else None
     corr = [spearman(condensed(torch.cdist(st / (len(ts) * n_seeds), st / (len(ts) * n_seeds))), pairs)
             for st in stats]
     weight = effective_weight(settings.correlation_weight, n)
-    scores = final_scores(sens, corr, weight)
+    scores = final_scores(score_base(settings.score, sens, causal), corr, weight)
     top = max(sens) if max(sens) > 0 else 1.0
     try:
         lpb = infer_layers_per_block(names)
     except ValueError:
         lpb = 1
     rows = [LayerScore(nm, _safe_ldm(nm, lpb), scores[i], sens[i], sens[i] / top, corr[i],
-                       float(strength[i]) / (n * len(ts) * n_seeds), per_t[i].tolist())
+                       float(strength[i]) / (n * len(ts) * n_seeds), per_t[i].tolist(), 0,
+                       causal[i] if use_causal else None, causal_t[i].tolist() if use_causal else None)
             for i, nm in enumerate(names)]
     rows.sort(key=lambda r: (-round(r.score, 12), order_key(r.name)))
     for k, r in enumerate(rows):

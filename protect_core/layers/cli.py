@@ -2,6 +2,7 @@
 
     stylecloak layers art/ --top-k 4 -o selection.json --plot layers.png \\
         [--style-prompt "..." --content-prompt "..." --timesteps 200,500,800 --seeds 2 --size 512 --clip CLIP_DIR]
+        [--score causal|activation|combined]
     stylecloak layers --preset styleprotect -o selection.json      # a named preset, no analysis
     stylecloak layers --list-presets
 
@@ -10,7 +11,7 @@ The selection file goes to ``stylecloak cloak --layers selection.json`` and ``st
 from __future__ import annotations
 
 from ..errors import StyleCloakError
-from .analysis import DEFAULT_CONTENT_PROMPT, DEFAULT_STYLE_PROMPT, AnalysisSettings
+from .analysis import DEFAULT_CONTENT_PROMPT, DEFAULT_STYLE_PROMPT, SCORES, AnalysisSettings
 from .selection import PRESETS, LayerSelection
 
 
@@ -31,8 +32,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=d.size, help="analysis resolution in px (default 512)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per UNet call")
     parser.add_argument("--correlation-weight", type=float, default=d.correlation_weight,
-                        help="lambda of score = S^ (1 + l C) / (1 + l), l = lambda P / (P + 10) for P image "
-                             "pairs; 0 = rank by sensitivity only (default 0.5)")
+                        help="lambda of score = B^ (1 + l C) / (1 + l), l = lambda P / (P + 10) for P image "
+                             "pairs, B^ the base set by --score; 0 = rank by the base only (default 0.5)")
+    parser.add_argument("--score", default=d.score, choices=list(SCORES),
+                        help="base of the score: 'activation' (relative change of the layer's output), 'causal' "
+                             "(how much the prediction loses when the layer alone reads the content prompt; one "
+                             f"extra UNet call per layer) or 'combined' (their geometric mean; default {d.score})")
     parser.add_argument("--clip", default=None, metavar="FOLDER",
                         help="a local CLIP vision model folder as the style model (default: offline VAE-Gram)")
     parser.add_argument("--preset", default=None, choices=list(PRESETS),
@@ -60,8 +65,8 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
 
 
 def _compact(row: dict) -> dict:
-    keys = ("rank", "name", "ldm_name", "score", "sensitivity", "correlation", "strength")
-    return {k: (round(row[k], 5) if isinstance(row[k], float) else row[k]) for k in keys}
+    keys = ("rank", "name", "ldm_name", "score", "sensitivity", "causal", "correlation", "strength")
+    return {k: (round(row[k], 5) if isinstance(row.get(k), float) else row.get(k)) for k in keys}
 
 
 def run(args, host) -> dict:
@@ -86,7 +91,7 @@ def run(args, host) -> dict:
     settings = AnalysisSettings(style_prompt=args.style_prompt, content_prompt=args.content_prompt,
                                 timesteps=parse_timesteps(args.timesteps), seeds=args.seeds, seed=args.seed,
                                 size=args.size, batch_size=args.batch_size,
-                                correlation_weight=args.correlation_weight)
+                                correlation_weight=args.correlation_weight, score=args.score)
     files = list_images(args.inputs)
     images = [load_image(f, max_pixels=args.max_pixels).rgb for f in files]
     descriptor = ClipDescriptor(args.clip) if args.clip else None

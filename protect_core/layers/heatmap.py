@@ -2,8 +2,10 @@
 
 Rows are the cross-attention layers in UNet order (down, mid, up; selected ones marked ``*``); coloured columns are
 the style sensitivity ``S_l(t)`` at each analysed timestep and its mean ``S_l``, on one shared scale (viridis, 0 to
-the largest value, shown by the colour bar at the bottom); plain columns give the correlation ``C_l``, the final
-score and the rank. Every cell prints its value. :func:`geometry` says where everything goes, so the image size is a
+the largest value, shown by the colour bar at the bottom); when the table holds the causal effect (rows with
+``causal_per_timestep``, score "causal" or "combined"), a second block of coloured columns gives ``K_l(t)`` and
+``K_l`` on their own scale. Plain columns give the correlation ``C_l``, the final score and the rank. Every cell
+prints its value. :func:`geometry` says where everything goes, so the image size is a
 pure function of the table.
 """
 from __future__ import annotations
@@ -40,6 +42,10 @@ def _text_w(font, text: str) -> int:
     return int(box[2] - box[0])
 
 
+def has_causal(table: list[dict]) -> bool:
+    return all(r.get("causal_per_timestep") is not None for r in table)
+
+
 def _rows(table: list[dict]) -> list[dict]:
     return sorted(table, key=lambda r: order_key(r["name"]))
 
@@ -49,7 +55,7 @@ def geometry(table: list[dict], timesteps: list[int], selected: list[str], title
     font = _font()
     labels = [("* " if r["name"] in selected else "  ") + short_name(r["name"]) for r in _rows(table)]
     label_w = max([_text_w(font, s) for s in labels] + [60]) + 8
-    heat_cols = len(timesteps) + 1
+    heat_cols = (len(timesteps) + 1) * (1 + has_causal(table))
     width = max(2 * MARGIN + label_w + heat_cols * CELL_W + len(TEXT_COLUMNS) * TEXT_W,
                 2 * MARGIN + _text_w(font, title))
     height = MARGIN + HEADER_H + len(table) * CELL_H + BAR_H + MARGIN
@@ -78,10 +84,15 @@ def render_heatmap(table: list[dict], timesteps: list[int], selected: list[str] 
     img = Image.new("RGB", geo["size"], "white")
     draw, font = ImageDraw.Draw(img), _font()
     rows = _rows(table)
-    values = [list(r["per_timestep"]) + [r["sensitivity"]] for r in rows]
-    top = max(max(v) for v in values) or 1.0
-    draw.text((MARGIN, MARGIN), title, fill="black", font=font)
+    blocks = [[list(r["per_timestep"]) + [r["sensitivity"]] for r in rows]]
     heads = [f"t={t}" for t in timesteps] + ["mean S"]
+    if has_causal(table):
+        blocks.append([list(r["causal_per_timestep"]) + [r["causal"]] for r in rows])
+        heads += [f"K t={t}" for t in timesteps] + ["mean K"]
+    tops = [max(max(v) for v in block) or 1.0 for block in blocks]
+    values = [sum((block[i] for block in blocks), []) for i in range(len(rows))]
+    width = len(timesteps) + 1
+    draw.text((MARGIN, MARGIN), title, fill="black", font=font)
     x_text = MARGIN + geo["label_w"] + geo["heat_cols"] * CELL_W
     y_head = MARGIN + HEADER_H - CELL_H + 4
     draw.text((MARGIN, y_head), "layer (* = selected)", fill="black", font=font)
@@ -95,7 +106,7 @@ def render_heatmap(table: list[dict], timesteps: list[int], selected: list[str] 
         draw.text((MARGIN, y0 + 4), label, fill="black", font=font)
         for c, v in enumerate(values[i]):
             box = cell_box(geo, i, c)
-            rgb = colour(v / top)
+            rgb = colour(v / tops[c // width])
             draw.rectangle(box, fill=rgb)
             ink = "black" if (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) > 140 else "white"
             s = _fmt(v)
@@ -105,16 +116,17 @@ def render_heatmap(table: list[dict], timesteps: list[int], selected: list[str] 
             draw.text((x_text + k * TEXT_W + (TEXT_W - _text_w(font, s)) // 2, y0 + 4), s, fill="black", font=font)
         draw.line((MARGIN, y0 + CELL_H - 1, x_text + len(TEXT_COLUMNS) * TEXT_W, y0 + CELL_H - 1),
                   fill=(225, 225, 225))
-    # colour bar
-    x0 = MARGIN + geo["label_w"]
+    # colour bars, one per block
     y0 = MARGIN + HEADER_H + len(rows) * CELL_H + 10
-    bar_w = geo["heat_cols"] * CELL_W
-    for x in range(bar_w):
-        draw.line((x0 + x, y0, x0 + x, y0 + 12), fill=colour(x / max(1, bar_w - 1)))
-    draw.text((MARGIN, y0), "S scale", fill="black", font=font)
-    draw.text((x0, y0 + 16), "0", fill="black", font=font)
-    s = _fmt(top)
-    draw.text((x0 + bar_w - _text_w(font, s), y0 + 16), s, fill="black", font=font)
+    bar_w = width * CELL_W
+    draw.text((MARGIN, y0), "S scale" if len(blocks) == 1 else "S, K scales", fill="black", font=font)
+    for b, top in enumerate(tops):
+        x0 = MARGIN + geo["label_w"] + b * bar_w
+        for x in range(bar_w - (4 if len(blocks) > 1 else 0)):
+            draw.line((x0 + x, y0, x0 + x, y0 + 12), fill=colour(x / max(1, bar_w - 1)))
+        draw.text((x0, y0 + 16), "0", fill="black", font=font)
+        s = _fmt(top)
+        draw.text((x0 + bar_w - 4 * (len(blocks) > 1) - _text_w(font, s), y0 + 16), s, fill="black", font=font)
     return img
 
 
@@ -127,8 +139,8 @@ def save_heatmap(selection, path) -> Path:
     if not selection.table:
         raise ValueError("this selection has no analysis table (a preset?): nothing to plot")
     img = render_heatmap(selection.table, selection.timesteps, selection.layers,
-                         title=f"Style sensitivity per layer and timestep ({selection.model_family}, "
-                               f"descriptor {selection.descriptor})")
+                         title=f"Style sensitivity{' and causal effect' if has_causal(selection.table) else ''} "
+                               f"per layer and timestep ({selection.model_family}, descriptor {selection.descriptor})")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
