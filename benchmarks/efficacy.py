@@ -3,8 +3,8 @@
     PYTHONPATH=. .venv/bin/python benchmarks/efficacy.py [--quick | --full] [--methods a,b] [--intensities
         low,default,high] [--robust a,b|all|none] [--purifiers jpeg75,impress,...] [--finetune lora,full]
         [--images N] [--samples N] [--steps cloak=N,lora=N,full=N,impress=N,sample=N] [--lr lora=X,full=X]
-        [--seed S] [--no-placebo]
-        [--threads 2] [--toy DIR] [--out benchmarks/results]
+        [--seed S | --seeds 0,1,2] [--no-placebo]
+        [--threads 2] [--toy DIR] [--out benchmarks/results] [--stem NAME]
 
 For each cloak method at each intensity (and in robust mode where asked): cloak ``--images`` renders of the toy
 world's held-out style at the model's native size, pass every training set (the clean art included) through each
@@ -23,6 +23,7 @@ Needs the trained toy model (protect_core/assets/toy or --toy DIR).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -61,10 +62,14 @@ def parse_args(argv=None):
     ap.add_argument("--steps", default=None, help="overrides, e.g. cloak=20,lora=100,full=100,impress=300,sample=10")
     ap.add_argument("--lr", default=None, help="fine-tune learning-rate overrides, e.g. lora=1e-2,full=1e-3")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2: one run each, merged (means and the "
+                                                  "standard error across seeds); overrides --seed")
     ap.add_argument("--no-placebo", action="store_true", help="leave out the random-noise control")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--toy", default=None, help="toy model folder (default: the shipped assets)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    ap.add_argument("--stem", default=None, help="output file name without extension (default efficacy, "
+                                                 "efficacy_quick or efficacy_full)")
     ap.add_argument("--from-json", default=None, metavar="efficacy.json",
                     help="only re-write the table and chart of an earlier run (no model needed)")
     return ap.parse_args(argv)
@@ -123,6 +128,7 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(max(1, a.threads))
     from protect_core.toy.efficacy import run_efficacy
+    from protect_core.toy.efficacy_seeds import merge_seed_runs
     from protect_core.toy.model import build_toy_host, load_style_classifier, toy_available, toy_world
 
     if not toy_available(a.toy):
@@ -136,12 +142,18 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.perf_counter() - t0:7.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    results = run_efficacy(host, clf, cfg, world["held_out"], int(world["size"]), log)
+    seeds = [int(x) for x in _list(a.seeds)] if a.seeds else [cfg.seed]
+    runs = []
+    for seed in seeds:
+        log(f"seed {seed}")
+        runs.append(run_efficacy(host, clf, dataclasses.replace(cfg, seed=seed), world["held_out"],
+                                 int(world["size"]), log))
+    results = merge_seed_runs(runs)
     given = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(["PYTHONPATH=. .venv/bin/python benchmarks/efficacy.py", *map(shlex.quote, given)])
     results["command"] = command
     out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results"
-    stem = "efficacy_quick" if a.quick else "efficacy_full" if a.full else "efficacy"
+    stem = a.stem or ("efficacy_quick" if a.quick else "efficacy_full" if a.full else "efficacy")
     print(write_outputs(results, out, stem))
     print(f"wrote {out / stem}.md / .json / .png", file=sys.stderr)
     return 0

@@ -97,6 +97,35 @@ def test_rows_compare_with_the_clean_set_of_the_same_purifier():
     assert g["robust_meets_80"] == []  # 70% after IMPRESS misses the 80% goal
 
 
+def test_seed_runs_merge_into_means_with_their_standard_error():
+    import copy
+
+    from protect_core.toy.efficacy_seeds import merge_seed_runs
+
+    a, b = fake_results(), fake_results()
+    b["config"]["seed"] = 1
+    for row in b["rows"]:  # seed 1: pag@default protects less (0.85 instead of 0.95)
+        if row["set"] == "pag@default":
+            row["success"], row["p_style"] = 0.85, 0.15
+    assert merge_seed_runs([a]) is a
+    m = merge_seed_runs([a, b])
+    by = {r["set"]: r for r in m["rows"]}
+    assert m["config"]["seeds"] == [0, 1] and by["pag@default"]["seeds"] == 2
+    assert by["pag@default"]["success"] == pytest.approx(0.9)
+    assert by["pag@default"]["success_se"] == pytest.approx(0.05)      # sd 0.0707 / sqrt(2)
+    assert by["pag@default"]["per_seed_success"] == [0.95, 0.85]
+    assert by["clean"]["success_se"] == 0 and by["clean"]["samples"] == 32
+    assert m["goal"]["lora"]["meets_90_at_35db"] == ["pag@default"]    # recomputed on the means
+    assert m["finetunes"]["lora"]["sanity"]["passed"]
+    assert "±5" in rep.markdown_table(m) and "seeds 0, 1" in rep.markdown_report(m)
+    c = copy.deepcopy(b)
+    c["config"]["samples"] = 99
+    with pytest.raises(ValueError, match="samples"):
+        merge_seed_runs([a, c])
+    with pytest.raises(ValueError, match="own seed"):
+        merge_seed_runs([a, copy.deepcopy(a)])
+
+
 def test_markdown_table_and_goal_text():
     res = fake_results()
     table = rep.markdown_table(res)

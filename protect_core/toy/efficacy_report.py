@@ -26,10 +26,13 @@ def _pct(x: float | None) -> str:
 def _cell(row: dict | None) -> str:
     if row is None:
         return ""
+    rate = _pct(row["success"])
+    if row.get("seeds", 1) > 1:  # several seeds merged: the SE across seeds, in points
+        rate += f" ±{100 * row['success_se']:.0f}"
     if row["method"] == "clean":
-        return f"{_pct(row['success'])} (p {row['p_style']:.2f})"
+        return f"{rate} (p {row['p_style']:.2f})"
     drop = round(row["style_drop"], 2) + 0.0  # no "-0.00"
-    return f"{_pct(row['success'])} ({drop:+.2f})"
+    return f"{rate} ({drop:+.2f})"
 
 
 def purifier_columns(results: dict) -> list[str]:
@@ -78,7 +81,13 @@ def markdown_table(results: dict) -> str:
 
 def caption(results: dict) -> str:
     n = results["config"]["samples"]
-    return CAPTION.format(se=100 * 0.5 / n ** 0.5, n=n)
+    text = CAPTION.format(se=100 * 0.5 / n ** 0.5, n=n)
+    seeds = results["config"].get("seeds") or []
+    if len(seeds) > 1:
+        text += (f" Several seeds ({', '.join(map(str, seeds))}): every number is the mean over the seeds, and "
+                 "'±' is the standard error of that mean across seeds (new art, cloaks, fine-tune and sampling "
+                 "noise per seed).")
+    return text
 
 
 def goal_text(results: dict) -> str:
@@ -116,6 +125,11 @@ def goal_text(results: dict) -> str:
     return "\n".join(out)
 
 
+def _seeds(cfg: dict) -> str:
+    seeds = cfg.get("seeds") or [cfg["seed"]]
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (means over seeds)"
+
+
 def markdown_report(results: dict, command: str = "") -> str:
     cfg = results["config"]
     ft = ", ".join(f"{k}: {v['settings']['method']} lr {v['settings']['lr']:g}, {v['settings']['steps']} steps"
@@ -125,7 +139,7 @@ def markdown_report(results: dict, command: str = "") -> str:
     if command:
         parts += [f"Command: `{command}`", ""]
     parts += [f"Held-out style `{results['held_out']}` at {results['size']} px, {cfg['images']} training images, "
-              f"{cfg['samples']} samples per condition, seed {cfg['seed']}; attacker fine-tunes: {ft}. "
+              f"{cfg['samples']} samples per condition, {_seeds(cfg)}; attacker fine-tunes: {ft}. "
               f"Run time {sec['total'] / 60:.1f} min (cloak {sec['cloak']:.0f} s, purify {sec['purify']:.0f} s, "
               f"mimicry {sec['mimicry']:.0f} s).", "", markdown_table(results), "", caption(results), "",
               "## Goal (issue 7), reported as measured", "", goal_text(results), ""]
