@@ -36,8 +36,8 @@ the same noisy latents).
    the share of the style-vs-content change of the prediction that goes away when layer l alone stops reading the
    style text (leave-one-layer-out: one extra UNet call per layer, per (t, s, batch)). S_l says how differently a
    layer responds to the style text; K_l how much that matters downstream, where the residual stream and later
-   layers may dwarf or undo a large relative change (on the toy model the mid-block layer has the second-largest S_l
-   and the smallest K_l).
+   layers may dwarf or undo a large relative change (on the toy model the mid-block layer ranks 1st to 4th of 7 by
+   S_l, and last by K_l, in each of the 5 styles checked).
 4. Base of the score, by ``score`` (default "causal")::
 
        B_l = K_l                     ("causal", the default)
