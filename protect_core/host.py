@@ -28,6 +28,7 @@ import torch
 
 from .errors import ModelError
 from .integrity import borrow_modules
+from .vae_tiling import run_tiled, tile_cells
 
 _MISSING = object()
 
@@ -293,8 +294,12 @@ class HostModel(abc.ABC):
         return (mean - self.latent_shift) * self.latent_scale
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unscaled VAE posterior (mean, logvar), float32; differentiable."""
+        """Unscaled VAE posterior (mean, logvar), float32; differentiable. Tile by tile when the memory mode asks
+        (``vae_tile``, :mod:`protect_core.vae_tiling`), as is :meth:`decode`."""
         self._check_images(images)
+        return run_tiled(self._posterior_whole, images, tile_cells(self), self.vae_scale_factor, 1)
+
+    def _posterior_whole(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._compute(self.vae_device):
             mean, logvar = self._vae_posterior(images.to(self.vae_device, self.vae_dtype))
         return mean.float().to(self.device), logvar.float().to(self.device)
@@ -302,6 +307,9 @@ class HostModel(abc.ABC):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (not clamped) from scaled latents; differentiable, float32."""
         z = latents / self.latent_scale + self.latent_shift
+        return run_tiled(self._decode_whole, z, tile_cells(self), 1, self.vae_scale_factor)
+
+    def _decode_whole(self, z: torch.Tensor) -> torch.Tensor:
         with self._compute(self.vae_device):
             out = self._vae_decode(z.to(self.vae_device, self.vae_dtype))
         return out.float().to(self.device)

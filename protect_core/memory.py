@@ -8,7 +8,8 @@ fast        nothing changed: the host's dtype, no checkpointing, the host's atte
 balanced    half-precision autocast (bf16 where the GPU has it, else fp16; fp32 on CPU) with the perturbation kept
             in fp32 (the "master" copy: only the model's forward runs in half precision), gradient checkpointing in
             the UNet, PyTorch SDPA attention
-low         balanced + checkpointing in the VAE + cloak tiles of at most 512 px + score distillation (no UNet
+low         balanced + checkpointing in the VAE + cloak tiles of at most 512 px + VAE tiling (the VAE encodes and
+            decodes at most 512 px at once, :mod:`protect_core.vae_tiling`) + score distillation (no UNet
             backward: the UNet's Jacobian is replaced by the identity) for the methods whose image step ascends a
             denoising loss (the SurrogateAttack family: mist, mist2, aspl, fsmg, caat, styleprotect)
 auto        the first of fast / balanced / low whose estimated need fits in the free memory of the device
@@ -57,7 +58,9 @@ class MemoryLimitError(StyleCloakError):
 class MemoryMode:
     """What a memory mode changes. ``precision``: "host" (the host's own dtype), "half" (bf16 if the device has
     it, else fp16; fp32 on CPU), "fp16", "bf16", "fp32" (no autocast). ``attention``: "keep", "sdpa", "sliced".
-    ``tile``: cap on the side (px) the cloak runner optimises in one piece (None: the method's default)."""
+    ``tile``: cap on the side (px) the cloak runner optimises in one piece (None: the method's default).
+    ``vae_tile``: side (px) of the tiles in which the host's VAE encodes and decodes a larger image (None: whole
+    images; :mod:`protect_core.vae_tiling`)."""
 
     name: str = "fast"
     precision: str = "host"
@@ -66,6 +69,7 @@ class MemoryMode:
     attention: str = "keep"
     tile: int | None = None
     score_distillation: bool = False
+    vae_tile: int | None = None
     reason: str = ""
 
     def __post_init__(self):
@@ -75,6 +79,8 @@ class MemoryMode:
             raise ValueError(f"memory attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
         if self.tile is not None and int(self.tile) < 16:
             raise ValueError(f"memory tile must be >= 16 px or None, got {self.tile!r}")
+        if self.vae_tile is not None and int(self.vae_tile) < 16:
+            raise ValueError(f"memory vae_tile must be >= 16 px or None, got {self.vae_tile!r}")
 
     def lower(self) -> "MemoryMode | None":
         """The next mode down (fast -> balanced -> low), or None below ``low``."""
@@ -90,7 +96,7 @@ PRESETS: dict[str, MemoryMode] = {
     "fast": MemoryMode("fast"),
     "balanced": MemoryMode("balanced", precision="half", checkpoint_unet=True, attention="sdpa"),
     "low": MemoryMode("low", precision="half", checkpoint_unet=True, checkpoint_vae=True, attention="sdpa",
-                      tile=512, score_distillation=True),
+                      tile=512, score_distillation=True, vae_tile=512),
 }
 
 
@@ -163,9 +169,14 @@ def unet_backward(method) -> bool:
 
 
 def estimate_bytes(pixels: int, through_unet: bool, mode: MemoryMode, half_possible: bool = True,
-                   half_model: bool = False, xl: bool = False) -> int:
+                   half_model: bool = False, xl: bool = False, image_pixels: int | None = None) -> int:
     """Rough activation memory of one image step on ``pixels`` image pixels (all images of the batch) in ``mode``
-    (weights are already resident and not counted); constants from benchmarks/perf.py runs."""
+    (weights are already resident and not counted); constants from benchmarks/perf.py runs. ``image_pixels`` (one
+    image's, when known): with VAE tiling an image larger than ``mode.vae_tile`` squared goes through the VAE one
+    tile of one image at a time, so the VAE's share is that of one tile."""
+    vae_pixels = pixels
+    if mode.vae_tile and image_pixels and image_pixels > mode.vae_tile ** 2:
+        vae_pixels = min(pixels, mode.vae_tile ** 2)
     vae = ACT_BYTES_PER_PIXEL["vae"] * (SAVING["checkpoint_vae"] if mode.checkpoint_vae else 1.0)
     unet = 0.0
     if through_unet:
@@ -178,12 +189,14 @@ def estimate_bytes(pixels: int, through_unet: bool, mode: MemoryMode, half_possi
         half = SAVING["half"]
     else:
         half = 1.0
-    return int(pixels * (vae + unet) * half * SAFETY)
+    return int((vae_pixels * vae + pixels * unet) * half * SAFETY)
 
 
-def resolve_memory(spec, host, method=None, pixels: int = 512 * 512, available: int | None = None) -> MemoryMode:
+def resolve_memory(spec, host, method=None, pixels: int = 512 * 512, available: int | None = None,
+                   image_pixels: int | None = None) -> MemoryMode:
     """A concrete mode: ``spec`` itself, or for ``auto`` the first of fast/balanced/low whose estimate fits in
-    ``available`` bytes (default: :func:`available_bytes` of the host's device); ``reason`` says why."""
+    ``available`` bytes (default: :func:`available_bytes` of the host's device); ``reason`` says why.
+    ``image_pixels`` (default: ``method.image_pixels`` if it has one) see :func:`estimate_bytes`."""
     mode = memory_mode(spec)
     if mode.name != "auto":
         return mode
@@ -192,8 +205,9 @@ def resolve_memory(spec, host, method=None, pixels: int = 512 * 512, available: 
     half_possible = torch.device(host.device).type != "cpu"
     half_model = host.dtype in (torch.float16, torch.bfloat16)
     xl = "xl" in str(getattr(host, "family", ""))
+    image_pixels = image_pixels or getattr(method, "image_pixels", None)
     for name in MODES:
-        need = estimate_bytes(pixels, through_unet, PRESETS[name], half_possible, half_model, xl)
+        need = estimate_bytes(pixels, through_unet, PRESETS[name], half_possible, half_model, xl, image_pixels)
         if need <= free or name == "low":
             fits = "fits" if need <= free else "does not fit either; trying"
             why = (f"auto: ~{need / 2**30:.1f} GiB needed for {pixels / 1e6:.2f} Mpx, {free / 2**30:.1f} GiB free; "
