@@ -11,7 +11,7 @@ What a job asks of memory is a list of :class:`MemoryJob` (one per kind of work 
 work that back-propagates through the UNet (the mimicry fine-tune), False for work that back-propagates through the
 VAE only (IMPRESS) or runs inference (diffusion purifiers, generation); ``pixels`` is the image pixels the model
 sees at once. ``auto`` takes the lowest of the modes the jobs resolve to. Score distillation (a cloak-only
-approximation) and the cloak's tile cap never apply here.
+approximation) and the cloak's tile cap never apply here; the VAE tiling of ``low`` (``vae_tile``) does.
 
 A call made while the caller already holds a memory session on the host (``with memory_session(...)``, e.g.
 benchmarks/perf.py, or the mimicry runner calling its own fine-tune) with ``memory="auto"`` or ``None`` runs in
