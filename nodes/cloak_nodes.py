@@ -8,7 +8,8 @@ from protect_core.cloak.presets import PRESETS, settings_for
 from protect_core.cloak.runner import cloak_images
 from protect_core.metrics import image_stats
 
-from .comfy_glue import comfy_errors, comfy_to_list, compare_ui, list_to_comfy, make_progress, to_json
+from .comfy_glue import (comfy_errors, comfy_to_list, compare_ui, list_to_comfy, make_progress, memory_input,
+                         to_json)
 from .comfy_host import ComfyHost
 from .types import LayerSelectionType
 
@@ -42,18 +43,20 @@ class CloakImage(io.ComfyNode):
                                tooltip="L-inf budget in 0-255 pixel levels (0 = preset)."),
                 LayerSelectionType.Input("layers", optional=True, tooltip="Layer selection for styleprotect "
                                          "(from Select Style-Sensitive Layers)."),
+                memory_input(),
             ],
             outputs=[
                 io.Image.Output("cloaked", tooltip="Cloaked images, on 8-bit levels (save as PNG)."),
                 io.Image.Output("perturbation", tooltip="Amplified view of the change (grey = untouched)."),
-                io.String.Output("report", tooltip="JSON: per-image L-inf, PSNR, SSIM, objective, seconds."),
+                io.String.Output("report", tooltip="JSON: per-image L-inf, PSNR, SSIM, objective, seconds, "
+                                 "memory mode used."),
             ],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, image, model, clip, vae, method, intensity, seed, robust, target_prompt, steps, eps_255,
-                layers=None) -> io.NodeOutput:
+                layers=None, memory="auto") -> io.NodeOutput:
         m = get_method(method)
         settings = settings_for(m, intensity, seed=seed, robust=robust, target_prompt=target_prompt or None,
                                 steps=steps or None, eps=(eps_255 / 255.0) or None,
@@ -61,8 +64,11 @@ class CloakImage(io.ComfyNode):
         with comfy_errors():
             host = ComfyHost(model, clip, vae)
             images = comfy_to_list(image)
-            results = cloak_images(host, images, settings, make_progress(0, cls.hidden.unique_id))
-        report = {"method": method, "intensity": intensity, "images": [r.stats for r in results]}
+            results = cloak_images(host, images, settings, make_progress(0, cls.hidden.unique_id),
+                                   memory=memory)
+        # "memory": the mode asked for; each image's stats["memory"]: the mode that ran, and any fallbacks
+        report = {"method": method, "intensity": intensity, "memory": memory,
+                  "images": [r.stats for r in results]}
         cloaked = list_to_comfy([r.image for r in results])
         return io.NodeOutput(cloaked, list_to_comfy([r.perturbation_view for r in results]), to_json(report),
                              ui=compare_ui(image, cloaked, report["images"]))

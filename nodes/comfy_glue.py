@@ -5,7 +5,8 @@ ComfyUI IMAGE tensors are (B, H, W, C) floats in [0, 1]; the engine works on (3,
 cancellation polls ``comfy.model_management.processing_interrupted()``, so the Cancel button stops a cloak within
 one optimisation step; the engine's ``Cancelled`` becomes ComfyUI's own interrupt exception.
 UI payloads for the front-end extension (``web/stylecloak.js``) are built here too: before/after pairs saved as
-temporary PNGs (``stylecloak_compare``) and JSON-safe reports (``stylecloak_mimicry``).
+temporary PNGs (``stylecloak_compare``) and JSON-safe reports (``stylecloak_mimicry``); and the optional ``memory``
+input the model-using nodes share (:mod:`protect_core.memory`'s modes).
 """
 from __future__ import annotations
 
@@ -18,7 +19,17 @@ import uuid
 import torch
 
 from protect_core.errors import Cancelled, StyleCloakError
+from protect_core.memory import CHOICES as MEMORY_CHOICES
 from protect_core.progress import Progress
+
+
+def memory_input():
+    """The optional ``memory`` combo of the nodes that run the model (last among the inputs: saved workflows load)."""
+    from comfy_api.latest import io
+
+    return io.Combo.Input("memory", options=list(MEMORY_CHOICES), default="auto", optional=True,
+                          tooltip="auto: the fastest of fast / balanced / low that fits the free memory; on "
+                                  "out-of-memory the next lower mode is used automatically.")
 
 
 def comfy_to_list(image: torch.Tensor) -> list[torch.Tensor]:

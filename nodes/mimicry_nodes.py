@@ -6,7 +6,8 @@ from comfy_api.latest import io
 from protect_core.mimicry.runner import run_mimicry_test
 from protect_core.mimicry.settings import DEFAULT_LR, MimicrySettings
 
-from .comfy_glue import comfy_errors, comfy_to_list, json_safe, make_progress, pil_to_comfy, to_json
+from .comfy_glue import (comfy_errors, comfy_to_list, json_safe, make_progress, memory_input, pil_to_comfy,
+                         to_json)
 from .comfy_host import ComfyHost
 from .types import LayerSelectionType
 
@@ -50,6 +51,7 @@ class MimicryTest(io.ComfyNode):
                              tooltip="DDIM steps per generated image (fewer = faster, rougher samples)."),
                 io.Int.Input("reference_samples", default=8, min=1, max=256, optional=True,
                              tooltip="Base-model images forming the 'not the artist' reference set."),
+                memory_input(),
             ],
             outputs=[io.Image.Output("report_card", tooltip="Generated images per condition and score bars."),
                      io.String.Output("report", tooltip="JSON with every number and setting, and the verdict.")],
@@ -59,7 +61,7 @@ class MimicryTest(io.ComfyNode):
     @classmethod
     def execute(cls, clean, train, train_name, model, clip, vae, method, steps, rank, lr, samples, resolution,
                 seed, train_2=None, train_2_name="purified", train_3=None, train_3_name="set3",
-                layers=None, sample_steps=25, reference_samples=8) -> io.NodeOutput:
+                layers=None, sample_steps=25, reference_samples=8, memory="auto") -> io.NodeOutput:
         sets = {train_name or "train": comfy_to_list(train)}
         for img, name in ((train_2, train_2_name), (train_3, train_3_name)):
             if img is not None:
@@ -73,7 +75,7 @@ class MimicryTest(io.ComfyNode):
         with comfy_errors():
             host = ComfyHost(model, clip, vae)
             report = run_mimicry_test(host, comfy_to_list(clean), sets, settings,
-                                      make_progress(0, cls.hidden.unique_id))
+                                      make_progress(0, cls.hidden.unique_id), memory=memory)
         data = report.to_dict()
         return io.NodeOutput(pil_to_comfy(report.card()), to_json(data),
                              ui={"stylecloak_mimicry": [json_safe(data)]})

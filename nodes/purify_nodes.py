@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from protect_core.purify.base import available_purifiers, get_purifier, normalise_chain, purify
 
-from .comfy_glue import comfy_errors, comfy_to_list, list_to_comfy, make_progress, to_json
+from .comfy_glue import comfy_errors, comfy_to_list, list_to_comfy, make_progress, memory_input, to_json
 from .comfy_host import ComfyHost
 
 
@@ -33,13 +33,16 @@ class Purify(io.ComfyNode):
                 io.Model.Input("model", optional=True, tooltip="Needed by diffusion-based purifiers."),
                 io.Clip.Input("clip", optional=True, tooltip="Needed by diffusion-based purifiers."),
                 io.Vae.Input("vae", optional=True, tooltip="Needed by IMPRESS and diffusion-based purifiers."),
+                memory_input(),
             ],
-            outputs=[io.Image.Output("purified"), io.String.Output("report", tooltip="JSON: chain, seconds.")],
+            outputs=[io.Image.Output("purified"),
+                     io.String.Output("report", tooltip="JSON: chain, seconds, memory mode used.")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, image, method, chain, params, seed, model=None, clip=None, vae=None) -> io.NodeOutput:
+    def execute(cls, image, method, chain, params, seed, model=None, clip=None, vae=None,
+                memory="auto") -> io.NodeOutput:
         import torch
 
         stages = parse_chain(chain) if chain.strip() else [(method, json.loads(params) if params.strip() else {})]
@@ -52,7 +55,7 @@ class Purify(io.ComfyNode):
                 host = ComfyHost(model, clip, vae)
             images = comfy_to_list(image)
             out, info = purify(host, torch.stack(images), stages, seed=seed,
-                               progress=make_progress(0, cls.hidden.unique_id))
+                               progress=make_progress(0, cls.hidden.unique_id), memory=memory)
         return io.NodeOutput(list_to_comfy(list(out)), to_json(info))
 
 

@@ -2,6 +2,8 @@
 
 Each job takes a ``host_factory`` (called once, inside the job, so a missing model becomes the job's error), a list
 of input image paths, its settings and a :class:`~protect_core.progress.Progress`, and returns a :class:`JobResult`.
+The jobs that run the model take ``memory`` (``auto`` / ``fast`` / ``balanced`` / ``low``: the modes of
+:mod:`protect_core.memory`); their report and summary say which mode ran.
 
 Files: everything a job writes goes into a new folder ``<out_root>/<YYYYmmdd-HHMMSS>-<job>`` -- images as
 lossless PNG (alpha, greyscale and 16-bit depth kept as read), plus ``report.json`` -- and only after the engine has
@@ -106,6 +108,17 @@ def _write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def memory_used(records) -> str:
+    """' [memory: balanced]' from the engine's memory records (None: no model work), '' when there are none;
+    an out-of-memory fallback adds ', after out-of-memory'."""
+    records = [r for r in records if r]
+    if not records:
+        return ""
+    names = list(dict.fromkeys(str(r.get("name")) for r in records))
+    fell_back = any(r.get("fallbacks") for r in records)
+    return f" [memory: {', '.join(names)}" + (", after out-of-memory" if fell_back else "") + "]"
+
+
 def _png(path: Path, image) -> None:
     import io
 
@@ -119,8 +132,8 @@ def _png(path: Path, image) -> None:
 # ------------------------------------------------------------------------------------------------------ jobs
 def cloak_job(host_factory, inputs: Sequence[Path], *, out_root, method: str = "glaze", intensity: str = "default",
               target_prompt: str = "", robust: bool = False, seed: int = 0, steps: int = 0, eps255: float = 0.0,
-              layers: str = "", batch_size: int = 1, tile: int = 0, progress: Progress | None = None,
-              on_image: Callable | None = None) -> JobResult:
+              layers: str = "", batch_size: int = 1, tile: int = 0, memory: str = "auto",
+              progress: Progress | None = None, on_image: Callable | None = None) -> JobResult:
     """Cloak ``inputs``; ``on_image(index, result)`` fires as each image is done (live previews)."""
     from protect_core.cloak.base import get_method
     from protect_core.cloak.cli import output_paths
@@ -138,7 +151,7 @@ def cloak_job(host_factory, inputs: Sequence[Path], *, out_root, method: str = "
                             eps=(float(eps255) / 255.0) or None, layers=parse_layers(layers, host))
     results = cloak_images(host, [im.rgb for im in images], settings, progress, batch_size=int(batch_size),
                            channel_tied=[im.is_grey for im in images], tile_size=int(tile) or None,
-                           on_result=on_image)
+                           on_result=on_image, memory=memory)
     rows = []
 
     def write(folder: Path) -> list[str]:
@@ -152,14 +165,15 @@ def cloak_job(host_factory, inputs: Sequence[Path], *, out_root, method: str = "
         return names + ["report.json"]
 
     report = {"job": "cloak", "method": m.name, "intensity": intensity, "settings": vars(settings),
-              "model": host.describe(), "images": rows}
+              "memory": memory, "model": host.describe(), "images": rows}
     folder, files = write_job(out_root, f"cloak-{m.name}", write)
     gallery = []
     for row, res in zip(rows, results):
         gallery += [(to_pil(res.image), row["output"]), (to_pil(res.perturbation_view), f"{row['output']} (change)")]
     psnr = [r.get("psnr") for r in rows if r.get("psnr") is not None]
     summary = (f"Cloaked {len(rows)} image(s) with {m.name} ({intensity})"
-               + (f", mean PSNR {sum(psnr) / len(psnr):.2f} dB" if psnr else "") + f" -> {folder}")
+               + (f", mean PSNR {sum(psnr) / len(psnr):.2f} dB" if psnr else "")
+               + memory_used(r.stats.get("memory") for r in results) + f" -> {folder}")
     return JobResult(folder, files, gallery, report, summary)
 
 
@@ -197,7 +211,7 @@ def layers_job(host_factory, inputs: Sequence[Path], *, out_root, top_k: int = 4
 
 
 def purify_job(host_factory, inputs: Sequence[Path], *, out_root, method: str = "impress", chain: str = "",
-               params: str = "", seed: int = 0, progress: Progress | None = None) -> JobResult:
+               params: str = "", seed: int = 0, memory: str = "auto", progress: Progress | None = None) -> JobResult:
     """Purify each input (one at a time: sizes may differ); the model is borrowed only if a stage needs it."""
     from protect_core.images import save_image
     from protect_core.purify.base import get_purifier, normalise_chain, purify
@@ -210,7 +224,7 @@ def purify_job(host_factory, inputs: Sequence[Path], *, out_root, method: str = 
     host = host_factory() if needs_host else None
     outs, infos = [], []
     for img in images:
-        out, info = purify(host, img.rgb[None], stages, seed=int(seed), progress=progress)
+        out, info = purify(host, img.rgb[None], stages, seed=int(seed), progress=progress, memory=memory)
         outs.append(out[0])
         infos.append(info)
     rows = []
@@ -227,16 +241,18 @@ def purify_job(host_factory, inputs: Sequence[Path], *, out_root, method: str = 
         return names + ["report.json"]
 
     label = "+".join(name for name, _ in stages)
-    report = {"job": "purify", "chain": [list(s) for s in stages], "seed": int(seed), "images": rows}
+    report = {"job": "purify", "chain": [list(s) for s in stages], "seed": int(seed), "memory": memory,
+              "images": rows}
     folder, files = write_job(out_root, "purify", write)
     gallery = [(to_pil(o), r["output"]) for o, r in zip(outs, rows)]
-    return JobResult(folder, files, gallery, report, f"Purified {len(rows)} image(s) with {label} -> {folder}")
+    used = memory_used(info.get("memory") for info in infos)
+    return JobResult(folder, files, gallery, report, f"Purified {len(rows)} image(s) with {label}{used} -> {folder}")
 
 
 def mimicry_job(host_factory, clean: Sequence[Path], train_sets: dict[str, Sequence[Path]], *, out_root,
                 method: str = "lora", steps: int = 200, rank: int = 4, lr: float = 0.0, samples: int = 8,
-                resolution: int = 512, seed: int = 0, layers: str = "", progress: Progress | None = None,
-                **expert) -> JobResult:
+                resolution: int = 512, seed: int = 0, layers: str = "", memory: str = "auto",
+                progress: Progress | None = None, **expert) -> JobResult:
     """Fine-tune on each training set, generate, score; writes report.json and report.png (the report card).
 
     ``expert``: any other :class:`~protect_core.mimicry.settings.MimicrySettings` field (e.g. ``sample_steps``)."""
@@ -251,8 +267,8 @@ def mimicry_job(host_factory, clean: Sequence[Path], train_sets: dict[str, Seque
     settings = MimicrySettings(method=method, steps=int(steps), rank=int(rank), lr=float(lr) or None,
                                samples=int(samples), resolution=int(resolution), seed=int(seed),
                                layers=parse_layers(layers, host), **expert)
-    report = run_mimicry_test(host, clean_imgs, sets, settings, progress)
+    report = run_mimicry_test(host, clean_imgs, sets, settings, progress, memory=memory)
     card = report.card()
     folder, files = write_job(out_root, "mimicry", lambda d: [Path(p).name for p in report.save(d).values()])
     return JobResult(folder, files, [(card, "report card")], report.to_dict(),
-                     f"Mimicry test verdict: {report.verdict} -> {folder}")
+                     f"Mimicry test verdict: {report.verdict}{memory_used([report.memory])} -> {folder}")

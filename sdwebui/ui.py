@@ -43,6 +43,12 @@ def _intensities() -> list[str]:
     return list(PRESETS)
 
 
+def _memory_modes() -> list[str]:
+    from protect_core.memory import CHOICES
+
+    return list(CHOICES)
+
+
 #: option key -> (default, label, kind, choices function or slider range)
 SETTINGS = {
     "stylecloak_outdir": ("outputs/stylecloak", "Output folder (relative to the web UI folder)", "text", None),
@@ -54,6 +60,9 @@ SETTINGS = {
     "stylecloak_sdxl_size": (1024, "SDXL size conditioning (px)", "slider", (256, 2048, 64)),
     "stylecloak_purifier": ("impress", "Default purifier", "dropdown", _purifiers),
     "stylecloak_mimicry_steps": (200, "Default mimicry-test fine-tuning steps", "slider", (0, 2000, 10)),
+    "stylecloak_memory": ("auto", "Memory mode for cloak, purify and mimicry test (auto: the fastest that fits the "
+                          "free GPU memory; on out-of-memory the next lower mode is used automatically)", "radio",
+                          _memory_modes),
 }
 
 
@@ -140,7 +149,8 @@ def cloak_click(task_id, files, folder, method, intensity, target, robust, steps
                               method=method, intensity=intensity, target_prompt=target, robust=robust,
                               seed=int(seed or 0), steps=int(steps or 0), eps255=float(eps255 or 0), layers=layers,
                               batch_size=int(opt("stylecloak_batch_size")), tile=int(opt("stylecloak_tile")),
-                              progress=progress, on_image=lambda i, r: show_preview(state, r.image))
+                              memory=opt("stylecloak_memory"), progress=progress,
+                              on_image=lambda i, r: show_preview(state, r.image))
 
     return run_job("cloak", job, 4, lambda r: (r.gallery, _files(r), r.report))
 
@@ -159,7 +169,8 @@ def layers_click(task_id, files, folder, top_k, style_prompt, content_prompt, ti
 def purify_click(task_id, files, folder, method, chain, params, seed):
     def job(progress, state):
         return jobs.purify_job(_host, jobs.gather_inputs(files, folder), out_root=opt("stylecloak_outdir"),
-                               method=method, chain=chain, params=params, seed=int(seed or 0), progress=progress)
+                               method=method, chain=chain, params=params, seed=int(seed or 0),
+                               memory=opt("stylecloak_memory"), progress=progress)
 
     return run_job("purify", job, 4, lambda r: (r.gallery, _files(r), r.report))
 
@@ -176,7 +187,8 @@ def mimicry_click(task_id, clean_files, clean_folder, train_files, train_folder,
         return jobs.mimicry_job(_host, jobs.gather_inputs(clean_files, clean_folder), sets,
                                 out_root=opt("stylecloak_outdir"), method=method, steps=int(steps),
                                 rank=int(rank), samples=int(samples), resolution=int(resolution),
-                                seed=int(seed or 0), layers=layers, progress=progress)
+                                seed=int(seed or 0), layers=layers, memory=opt("stylecloak_memory"),
+                                progress=progress)
 
     return run_job("mimicry test", job, 4, lambda r: (r.gallery[0][0], _files(r), r.report))
 

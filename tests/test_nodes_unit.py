@@ -20,6 +20,7 @@ import torch
 import fake_comfy
 from comfy_pack import PACK_IDS, ROOT, _image, _smooth, interrupt_flag, pack  # noqa: F401 (fixtures)
 from contract import CHECKS, ENDINGS, check_restored_after
+from protect_core.memory import MODES
 from ldm_tiny import EPS, V_PREDICTION, forge_model  # noqa: F401 (fixtures)
 
 
@@ -311,19 +312,12 @@ def mimicry_run(pack):
     host, _, (model, clip, vae) = comfy_host(pack)
     from protect_core.integrity import fingerprint
 
-    import functools
-
-    mimicry_nodes = sys.modules["nodes.mimicry_nodes"]
-    full = mimicry_nodes.MimicrySettings  # the node does not expose sampling steps: shorten them for speed
-    mimicry_nodes.MimicrySettings = functools.partial(full, sample_steps=3, reference_samples=2)
     before = fingerprint(host.host_modules())
     clean = _smooth(2, 64, seed=3).contiguous()
-    try:
-        with torch.inference_mode():
-            out = pack.by_id["StyleCloak_MimicryTest"].execute(clean, clean.flip(1).contiguous(), "cloaked", model,
-                                                               clip, vae, "lora", 2, 4, 0.0, 1, 64, 0)
-    finally:
-        mimicry_nodes.MimicrySettings = full
+    with torch.inference_mode():   # few sampling steps and reference images, for speed; memory left out: auto
+        out = pack.by_id["StyleCloak_MimicryTest"].execute(clean, clean.flip(1).contiguous(), "cloaked", model, clip,
+                                                           vae, "lora", 2, 4, 0.0, 1, 64, 0, sample_steps=3,
+                                                           reference_samples=2)
     return out, before, fingerprint(host.host_modules())
 
 
@@ -335,6 +329,8 @@ def test_mimicry_node_report_reaches_the_ui(pack, mimicry_run):
     assert card.ndim == 4 and card.shape[0] == 1 and card.shape[-1] == 3
     data = json.loads(report)
     assert set(data["conditions"]) >= {"base", "clean", "cloaked"}
+    assert data["memory"]["name"] in MODES, "auto (the default) resolved to a mode, said in the report"
+    assert data["settings"]["sample_steps"] == 3
     (ui_report,) = out.ui["stylecloak_mimicry"]
     assert ui_report == pack.glue.json_safe(data)
     json.dumps(ui_report, allow_nan=False)

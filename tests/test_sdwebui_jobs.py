@@ -163,8 +163,73 @@ def test_mimicry_job_writes_the_report_card(art, tmp_path, integrity):
     check = integrity(tiny_host())
     inputs = jobs.gather_inputs([], str(art))
     res = jobs.mimicry_job(tiny_host, inputs, {"cloaked": inputs}, out_root=tmp_path, steps=2, samples=1,
-                           resolution=64, sample_steps=2, reference_samples=1, batch_size=1,
+                           resolution=64, sample_steps=2, reference_samples=1, batch_size=1, memory="balanced",
                            progress=state_progress(FakeState(), "mimicry"))
     check.assert_unchanged()
     assert sorted(p.name for p in res.files) == ["report.json", "report.png"]
     assert res.report["verdict"] and Image.open(res.folder / "report.png").size[0] > 64
+    assert res.report["memory"]["name"] == "balanced" and "[memory: balanced]" in res.summary
+
+
+# ------------------------------------------------------------------------------------------------------ memory
+def test_cloak_job_runs_in_the_chosen_memory_mode(art, tmp_path, integrity):
+    from protect_core.memory import MODES
+
+    check = integrity(tiny_host())
+    chosen = _cloak(art, tmp_path / "a", memory="balanced")
+    default = _cloak(art, tmp_path / "b")
+    check.assert_unchanged()
+    saved = json.loads((chosen.folder / "report.json").read_text())
+    assert saved["memory"] == "balanced" and [r["memory"]["name"] for r in saved["images"]] == ["balanced"] * 2
+    assert "[memory: balanced]" in chosen.summary
+    assert default.report["memory"] == "auto"
+    (used,) = {r["memory"]["name"] for r in default.report["images"]}
+    assert used in MODES and f"[memory: {used}]" in default.summary, "auto resolves to a mode, said in the summary"
+    with pytest.raises(ValueError, match="unknown memory mode"):
+        _cloak(art, tmp_path / "c", memory="huge")
+
+
+def test_purify_job_runs_in_the_chosen_memory_mode(art, tmp_path, integrity):
+    check = integrity(tiny_host())
+    inputs = jobs.gather_inputs([], str(art))
+    res = jobs.purify_job(tiny_host, inputs, out_root=tmp_path, method="impress", params='{"iterations": 2}',
+                          memory="low")
+    check.assert_unchanged()
+    assert res.report["memory"] == "low" and [r["memory"]["name"] for r in res.report["images"]] == ["low"] * 2
+    assert "[memory: low]" in res.summary
+    filters = jobs.purify_job(tiny_host, inputs, out_root=tmp_path, chain="jpeg", memory="low")
+    assert [r["memory"] for r in filters.report["images"]] == [None, None] and "memory" not in filters.summary
+
+
+@pytest.mark.parametrize("job, engine", [("cloak_job", "protect_core.cloak.runner.cloak_images"),
+                                         ("purify_job", "protect_core.purify.base.purify"),
+                                         ("mimicry_job", "protect_core.mimicry.runner.run_mimicry_test")])
+def test_jobs_pass_the_memory_mode_to_the_engine(monkeypatch, art, tmp_path, job, engine):
+    module, name = engine.rsplit(".", 1)
+    seen = []
+
+    class Recorded(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        seen.append(kwargs.get("memory", "<not given>"))
+        raise Recorded
+
+    monkeypatch.setattr(f"{module}.{name}", record)
+    inputs = jobs.gather_inputs([], str(art))
+    call = {"cloak_job": lambda **kw: jobs.cloak_job(tiny_host, inputs, out_root=tmp_path, method="mist", **kw),
+            "purify_job": lambda **kw: jobs.purify_job(tiny_host, inputs, out_root=tmp_path, chain="jpeg", **kw),
+            "mimicry_job": lambda **kw: jobs.mimicry_job(tiny_host, inputs, {"cloaked": inputs}, out_root=tmp_path,
+                                                         **kw)}[job]
+    for kw in ({}, {"memory": "fast"}, {"memory": "low"}):
+        with pytest.raises(Recorded):
+            call(**kw)
+    assert seen == ["auto", "fast", "low"]
+    assert not any(tmp_path.glob("*-*")), "nothing written"
+
+
+def test_memory_used_says_which_mode_ran_and_any_fallback():
+    assert jobs.memory_used([None, None]) == ""
+    assert jobs.memory_used([{"name": "fast", "fallbacks": []}] * 2) == " [memory: fast]"
+    both = [{"name": "fast", "fallbacks": []}, {"name": "low", "fallbacks": ["out of memory in balanced"]}]
+    assert jobs.memory_used(both) == " [memory: fast, low, after out-of-memory]"

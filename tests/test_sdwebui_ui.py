@@ -155,6 +155,53 @@ def test_script_registers_tab_and_settings(monkeypatch, tmp_path):
     assert all(i.section == ("stylecloak", "StyleCloak") for i in added.values())
     assert "glaze" in added["stylecloak_method"].component_args["choices"]
     assert added["stylecloak_method"].component is gr.Dropdown and added["stylecloak_batch_size"].component is gr.Slider
+    memory = added["stylecloak_memory"]
+    assert memory.component is gr.Radio and memory.default == "auto"
+    assert memory.component_args["choices"] == ["auto", "fast", "balanced", "low"]
+
+
+def test_memory_setting_is_registered_like_the_others(monkeypatch, tmp_path):
+    """Without gradio installed: on_ui_settings with stand-in component classes (the real ones: the test above)."""
+    from protect_core.memory import CHOICES
+    from sdwebui import ui
+
+    web = fake_webui(monkeypatch, None, tmp_path)
+    gr = types.SimpleNamespace(Dropdown=type("Dropdown", (), {}), Radio=type("Radio", (), {}),
+                               Slider=type("Slider", (), {}))
+    monkeypatch.setitem(sys.modules, "gradio", gr)
+    ui.on_ui_settings()
+    added = web.shared.opts.added
+    assert set(added) == set(ui.SETTINGS)
+    memory = added["stylecloak_memory"]
+    assert (memory.default, memory.component, memory.section) == ("auto", gr.Radio, ("stylecloak", "StyleCloak"))
+    assert memory.component_args == {"choices": list(CHOICES)}
+    assert "auto" in memory.label and "out-of-memory" in memory.label
+    assert ui.opt("stylecloak_memory") == "auto", "unset: the default"
+
+
+@pytest.mark.parametrize("setting", [None, "low"])
+def test_clicks_run_their_job_in_the_memory_setting(monkeypatch, tmp_path, art, setting):
+    from sdwebui import jobs, ui
+    from sdwebui.bridge import gpu_call
+
+    web = fake_webui(monkeypatch, None, tmp_path / "out")
+    if setting is not None:
+        web.shared.opts.stylecloak_memory = setting
+    seen = {}
+
+    def recorder(name):
+        def job(*args, **kwargs):
+            seen[name] = kwargs["memory"]
+            return jobs.JobResult(tmp_path, [], [(None, "x")], {}, "done")
+        return job
+
+    for name in ("cloak_job", "purify_job", "mimicry_job"):
+        monkeypatch.setattr(jobs, name, recorder(name))
+    gpu_call(ui.cloak_click, 4)("task(a)", [], str(art), "mist", "low", "", False, 2, 4, 0, "")
+    gpu_call(ui.purify_click, 4)("task(b)", [], str(art), "impress", "", "", 0)
+    gpu_call(ui.mimicry_click, 4)("task(c)", [], str(art), [], str(art), "cloaked", [], "", "", "lora", 2, 4, 1,
+                                  64, 0, "")
+    assert seen == dict.fromkeys(("cloak_job", "purify_job", "mimicry_job"), setting or "auto")
 
 
 def _built_tab(monkeypatch, outdir):
