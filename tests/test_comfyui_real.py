@@ -3,7 +3,8 @@
 They install the pack (a symlink in custom_nodes), make an SD1.5-shaped checkpoint with random weights, start
 ComfyUI on CPU on a loopback port, queue each example workflow through the HTTP API, and check the outputs and
 reports; that the host model is unchanged (a KSampler image made before and after StyleCloak's nodes is
-bit-identical); and that an interrupt mid-cloak stops within seconds.
+bit-identical); that an interrupt mid-cloak stops within seconds; and that the memory modes checkpoint
+ComfyUI's own modules.
 Python for ComfyUI: $COMFYUI_PYTHON, else $COMFYUI_PATH/.venv/bin/python, else this interpreter.
 """
 from __future__ import annotations
@@ -180,3 +181,21 @@ def test_interrupt_mid_cloak_stops_within_seconds(server):
     assert hist["status"]["status_str"] == "error" or hist["status"].get("completed") is False
     assert any(m[0] == "execution_interrupted" for m in hist["status"].get("messages", [])), hist["status"]
     assert stopped < 30, f"took {stopped:.1f}s to stop"
+
+
+@pytest.mark.parametrize("method,memory,probe_seed", [("mist", "low", 11), ("aspl", "balanced", 12)])
+def test_memory_modes_checkpoint_the_real_model(server, method, memory, probe_seed):
+    """The node's ``memory`` input reaches the engine, whose gradient checkpointing recognises ComfyUI's own UNet and
+    VAE modules by their layout (memory_checkpoint.py); the model is unchanged afterwards."""
+    root = Path(COMFY)
+    probe = _ksampler_graph(seed=probe_seed)  # a graph of its own: ComfyUI reports nothing for a cached one
+    before = _image_bytes(root, server.wait(server.queue(probe)), "6")
+    graph = api_format("protect_one_image", {"3": {"method": method, "steps": 2, "memory": memory}})
+    hist = server.wait(server.queue(graph))
+    assert hist["status"]["status_str"] == "success", _failure(hist)
+    pairs = _outputs(hist).get("3", {}).get("stylecloak_compare", [])
+    mem = pairs[0]["stats"]["memory"] if pairs else None
+    assert isinstance(mem, dict) and mem["name"] == memory and not mem["fallbacks"], mem
+    assert mem["checkpointed_modules"] > 0, "no ComfyUI module was checkpointed"
+    after = _image_bytes(root, server.wait(server.queue(probe)), "6")
+    assert before == after
