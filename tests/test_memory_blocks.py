@@ -1,4 +1,4 @@
-"""Memory modes in the Purify and Mimicry Test blocks (protect_core.purify.memory_job): each block in each mode on
+"""Memory modes in the Purify and Mimicry Test blocks (protect_core.memory_job): each block in each mode on
 the tiny model, the automatic choice per kind of work, the out-of-memory fallback (simulated on CPU) restarting the
 work cleanly, MemoryLimitError below ``low``, the caller's session honoured, the CLI flag, and the host's
 integrity (fingerprint and memory flags) after success, fallback and failure."""
@@ -15,7 +15,7 @@ import protect_core.memory as memory
 from protect_core.cli import main
 from protect_core.errors import StyleCloakError
 from protect_core.memory import PRESETS, MemoryLimitError, estimate_bytes, memory_session, module_flags
-from protect_core.mimicry import MimicrySettings, generate, run_mimicry_test
+from protect_core.mimicry import generate, run_mimicry_test
 from protect_core.mimicry import finetune as finetune_module
 from protect_core.mimicry.finetune import finetune, finetune_job
 from protect_core.mimicry.runner import generation_job
@@ -25,23 +25,16 @@ from protect_core.purify import sdedit as sdedit_module
 from protect_core.memory_job import MemoryJob, resolve_jobs
 from protect_core.purify.methods import impress as impress_module
 
+from mimicry_fixtures import make_art, small
+
 CHAIN = [("impress", {"iterations": 2, "perceptual": "dssim", "lr": 0.05}), ("diffpure", {"strength": 0.1,
                                                                                            "steps": 20})]
 OOM = "CUDA out of memory. Tried to allocate 20.00 GiB (simulated)"
 
 
-def small(**kw) -> MimicrySettings:
-    base = dict(resolution=32, steps=2, lr=1e-3, batch_size=2, samples=2, sample_steps=2, sample_batch=2,
-                reference_samples=2, prior_images=2)
-    base.update(kw)
-    return MimicrySettings(**base)
-
-
 @pytest.fixture
 def art(rng_images):
-    clean = rng_images(3, 32, 32, seed=1)
-    cloaked = (clean + 0.03 * torch.sign(torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))))
-    return clean, {"cloaked": cloaked.clamp(0, 1)}
+    return make_art(rng_images)
 
 
 def _oom_when(monkeypatch, module, name, when):

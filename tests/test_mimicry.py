@@ -8,24 +8,16 @@ import torch
 
 from protect_core.diffusion import denoising_loss
 from protect_core.errors import Cancelled
-from protect_core.mimicry import INCONCLUSIVE, MimicrySettings, run_mimicry_test
+from protect_core.mimicry import INCONCLUSIVE, run_mimicry_test
 from protect_core.mimicry.finetune import finetune
 from protect_core.progress import CancelToken, Progress
 
-
-
-def small(**kw) -> MimicrySettings:
-    base = dict(resolution=32, steps=2, lr=1e-3, batch_size=2, samples=2, sample_steps=2, sample_batch=2,
-                reference_samples=2, prior_images=2)
-    base.update(kw)
-    return MimicrySettings(**base)
+from mimicry_fixtures import make_art, small
 
 
 @pytest.fixture
 def art(rng_images):
-    clean = rng_images(3, 32, 32, seed=1)
-    cloaked = (clean + 0.03 * torch.sign(torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))))
-    return clean, {"cloaked": cloaked.clamp(0, 1), "purified": (clean * 0.9 + 0.05)}
+    return make_art(rng_images, purified=True)
 
 
 def test_report_has_every_condition_and_files_are_written(tiny_host, art, integrity, tmp_path):

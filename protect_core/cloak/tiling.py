@@ -9,15 +9,15 @@ deltas (weights > 0, normalised to sum 1), so
   convex), i.e. the L-inf budget survives blending;
 * the blend changes by at most about ``|d_a - d_b| / overlap`` between neighbouring pixels where two tiles meet,
   instead of a hard jump at a cut line: no seams.
+
+The tile plan and the ramps are :mod:`protect_core.vae_tiling`'s (the same geometry, in pixels here).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
-Box = tuple[int, int, int, int]  # top, left, height, width
+from ..vae_tiling import Box, axis_starts as tile_starts, plan_tiles as tile_boxes, ramp as _ramp  # noqa: F401
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -34,30 +34,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 def unpad(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., : size[0], : size[1]]
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spread starts of tiles of ``tile`` px covering ``length`` with at least ``overlap`` px overlap."""
-    if length <= tile:
-        return [0]
-    if not 0 <= overlap < tile:
-        raise ValueError(f"tile overlap must be in [0, tile), got {overlap} for tile {tile}")
-    n = math.ceil((length - tile) / (tile - overlap)) + 1
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
-
-
-def tile_boxes(h: int, w: int, tile: int, overlap: int) -> list[Box]:
-    """Row-major tile boxes; a side shorter than ``tile`` is taken whole."""
-    th, tw = min(h, tile), min(w, tile)
-    return [(y, x, th, tw) for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
-
-
-def _ramp(n: int, start: int, total: int, overlap: int) -> torch.Tensor:
-    pos = torch.arange(n, dtype=torch.float64) + 0.5
-    far = torch.full((n,), float("inf"), dtype=torch.float64)
-    d_lo = pos if start > 0 else far                      # only edges that touch another tile are feathered
-    d_hi = (n - pos) if start + n < total else far
-    return (torch.minimum(d_lo, d_hi) / max(overlap, 1)).clamp(max=1.0)
 
 
 def feather_weights(box: Box, h: int, w: int, overlap: int) -> torch.Tensor:
