@@ -5,7 +5,7 @@ import os
 
 from comfy_api.latest import io
 
-from protect_core.layers.analysis import AnalysisSettings, analyse_layers
+from protect_core.layers.analysis import DEFAULT_SCORE, SCORES, AnalysisSettings, analyse_layers
 from protect_core.layers.heatmap import render_heatmap
 from protect_core.layers.selection import PRESETS, LayerSelection
 
@@ -38,6 +38,9 @@ class SelectStyleLayers(io.ComfyNode):
                 io.Int.Input("noise_seeds", default=2, min=1, max=16, tooltip="Noise draws per timestep."),
                 io.Int.Input("size", default=512, min=64, max=2048, step=8, tooltip="Analysis resolution."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Same seed, same ranking."),
+                io.Combo.Input("score", options=list(SCORES), default=DEFAULT_SCORE, optional=True,
+                               tooltip="causal: how much of the style a layer carries downstream (one extra UNet "
+                                       "pass per layer); activation: how differently it responds; combined: both."),
             ],
             outputs=[LayerSelectionType.Output("selection"),
                      io.Image.Output("heatmap", tooltip="Score per layer and timestep; selected layers marked."),
@@ -47,10 +50,10 @@ class SelectStyleLayers(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, model, clip, vae, top_k, style_prompt, content_prompt, timesteps, noise_seeds, size,
-                seed) -> io.NodeOutput:
+                seed, score=DEFAULT_SCORE) -> io.NodeOutput:
         settings = AnalysisSettings(style_prompt=style_prompt, content_prompt=content_prompt,
                                     timesteps=tuple(int(t) for t in timesteps.split(",") if t.strip()),
-                                    seeds=noise_seeds, seed=seed, size=size)
+                                    seeds=noise_seeds, seed=seed, size=size, score=score)
         with comfy_errors():
             host = ComfyHost(model, clip, vae)
             analysis = analyse_layers(host, comfy_to_list(images), settings,

@@ -179,8 +179,10 @@ def cloak_job(host_factory, inputs: Sequence[Path], *, out_root, method: str = "
 
 def layers_job(host_factory, inputs: Sequence[Path], *, out_root, top_k: int = 4, style_prompt: str | None = None,
                content_prompt: str | None = None, timesteps: str = "200,500,800", noise_seeds: int = 2,
-               size: int = 512, seed: int = 0, progress: Progress | None = None) -> JobResult:
-    """Rank the model's cross-attention layers on ``inputs``; writes layers.json (for Cloak) and heatmap.png."""
+               size: int = 512, seed: int = 0, score: str = "causal",
+               progress: Progress | None = None) -> JobResult:
+    """Rank the model's cross-attention layers on ``inputs`` (``score``: see AnalysisSettings); writes layers.json
+    (for Cloak) and heatmap.png."""
     from protect_core.layers.analysis import AnalysisSettings, analyse_layers
     from protect_core.layers.heatmap import render_heatmap
     from protect_core.layers.selection import LayerSelection
@@ -192,7 +194,7 @@ def layers_job(host_factory, inputs: Sequence[Path], *, out_root, top_k: int = 4
     defaults = AnalysisSettings()
     settings = AnalysisSettings(style_prompt=style_prompt or defaults.style_prompt,
                                 content_prompt=content_prompt or defaults.content_prompt, timesteps=ts,
-                                seeds=int(noise_seeds), seed=int(seed), size=int(size))
+                                seeds=int(noise_seeds), seed=int(seed), size=int(size), score=score)
     images = load_all(inputs)
     host = host_factory()
     analysis = analyse_layers(host, [im.rgb for im in images], settings, progress=progress)

@@ -155,12 +155,13 @@ def cloak_click(task_id, files, folder, method, intensity, target, robust, steps
     return run_job("cloak", job, 4, lambda r: (r.gallery, _files(r), r.report))
 
 
-def layers_click(task_id, files, folder, top_k, style_prompt, content_prompt, timesteps, noise_seeds, size, seed):
+def layers_click(task_id, files, folder, top_k, style_prompt, content_prompt, timesteps, noise_seeds, size, seed,
+                 score="causal"):
     def job(progress, state):
         return jobs.layers_job(_host, jobs.gather_inputs(files, folder), out_root=opt("stylecloak_outdir"),
                                top_k=int(top_k), style_prompt=style_prompt, content_prompt=content_prompt,
                                timesteps=timesteps, noise_seeds=int(noise_seeds), size=int(size),
-                               seed=int(seed or 0), progress=progress)
+                               seed=int(seed or 0), score=score or "causal", progress=progress)
 
     return run_job("select layers", job, 5,
                    lambda r: (r.gallery[0][0], _files(r), r.report, r.report["selection_path"]))
@@ -273,11 +274,14 @@ def build_tab():
                                                 value=2)
                         size = gr.Slider(label="Analysis size (px)", minimum=64, maximum=1024, step=64, value=512)
                         seed_l = gr.Number(label="Seed", value=0, precision=0)
+                        score_l = gr.Dropdown(label="Score (causal: what a layer carries downstream; activation: "
+                                                    "how differently it responds; combined: both)",
+                                              choices=["causal", "activation", "combined"], value="causal")
                         run_l = gr.Button("Select layers", variant="primary")
                     with gr.Column():
                         heat, files_lo, report_l, status_l = _results(gr, "layers", image=True)
                 _click(run_l, layers_click, [task_l, files_l, folder_l, top_k, style_p, content_p, timesteps,
-                                             noise_seeds, size, seed_l],
+                                             noise_seeds, size, seed_l, score_l],
                        [heat, files_lo, report_l, layers, status_l], "layers")
             with gr.Tab("Purify"):
                 with gr.Row():

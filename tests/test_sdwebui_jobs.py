@@ -121,6 +121,7 @@ def test_layer_selection_feeds_the_cloak(art, tmp_path, integrity):
     check = integrity(tiny_host())
     res = jobs.layers_job(tiny_host, jobs.gather_inputs([], str(art)), out_root=tmp_path / "out", top_k=2,
                           timesteps="300,700", noise_seeds=1, size=64)
+    assert res.report["settings"]["score"] == "causal"  # the engine's default
     path = res.report["selection_path"]
     assert sorted(p.name for p in res.files) == ["heatmap.png", "layers.json"]
     chosen = json.loads(open(path).read())["layers"]
@@ -129,6 +130,13 @@ def test_layer_selection_feeds_the_cloak(art, tmp_path, integrity):
                          method="styleprotect", steps=2, layers=path)
     assert out.report["settings"]["layers"] == chosen
     check.assert_unchanged()
+
+
+def test_layer_job_uses_the_chosen_score(art, tmp_path):
+    res = jobs.layers_job(tiny_host, jobs.gather_inputs([], str(art)), out_root=tmp_path / "out", top_k=2,
+                          timesteps="300", noise_seeds=1, size=64, score="activation")
+    assert res.report["settings"]["score"] == "activation"
+    assert json.loads(open(res.report["selection_path"]).read())["settings"]["score"] == "activation"
 
 
 def test_filter_purify_never_asks_for_a_model(art, tmp_path):
