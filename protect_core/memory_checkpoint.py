@@ -30,6 +30,13 @@ from torch import nn
 MARK = "__stylecloak_checkpoint__"
 
 
+def _current_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters and buffers ``module`` holds right now (inside ``functional_call``: this pass's views)."""
+    state = dict(module.named_parameters(remove_duplicate=False))
+    state.update(module.named_buffers(remove_duplicate=False))
+    return state
+
+
 def _checkpoint_fn(module, *args):
     """diffusers' ``_gradient_checkpointing_func``: checkpoint one block, recomputing with the tensors of THIS
     forward pass (the engine's ``functional_call`` views and weight overrides are undone before backward)."""
@@ -37,8 +44,7 @@ def _checkpoint_fn(module, *args):
 
     if not isinstance(module, nn.Module):
         return checkpoint(module, *args, use_reentrant=False)
-    state = dict(module.named_parameters(remove_duplicate=False))
-    state.update(module.named_buffers(remove_duplicate=False))
+    state = _current_tensors(module)
 
     def run(*a):
         return torch.func.functional_call(module, state, a, strict=False, tie_weights=False)
@@ -63,8 +69,7 @@ def checkpointed_forward(module: nn.Module):
     def forward(*args, **kwargs):
         if getattr(recomputing, "depth", 0) or not torch.is_grad_enabled():
             return original(*args, **kwargs)
-        state = dict(module.named_parameters(remove_duplicate=False))
-        state.update(module.named_buffers(remove_duplicate=False))
+        state = _current_tensors(module)
         arg_dicts, kwarg_dicts = _dict_snapshots(args, kwargs)
         first = [True]
 

@@ -21,12 +21,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..image_tensors import pad_to_multiple, unpad
 from ..memory import resolve_memory, run_with_fallback
 from ..metrics import image_stats, perceptual_distance
 from ..progress import Progress
 from .base import CloakMethod, CloakSettings, get_method
 from .optimize import finalize, optimize, validate_settings
-from .tiling import Box, blend, pad_to_multiple, tile_boxes, unpad
+from .tiling import Box, blend, tile_boxes
 
 log = logging.getLogger(__name__)
 

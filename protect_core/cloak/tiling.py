@@ -1,4 +1,5 @@
-"""Geometry for cloaking large or odd-sized images: padding to the VAE grid, overlapping tiles, seamless blending.
+"""Geometry for cloaking large images: overlapping tiles and their seamless blending (padding odd sizes to the VAE
+grid is :func:`protect_core.image_tensors.pad_to_multiple`).
 
 A large image is cut into overlapping tiles (each a multiple of the VAE factor), each tile is cloaked on its own,
 and the tiles' *deltas* are blended with feathered weights (linear ramps of width ``overlap`` toward every edge
@@ -15,25 +16,8 @@ The tile plan and the ramps are :mod:`protect_core.vae_tiling`'s (the same geome
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..vae_tiling import Box, axis_starts as tile_starts, plan_tiles as tile_boxes, ramp as _ramp  # noqa: F401
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (..., H, W) at the bottom/right to multiples of ``multiple`` (reflect; replicate when too small)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return x, (h, w)
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    batched = x if x.ndim == 4 else x.unsqueeze(0)
-    out = F.pad(batched, (0, pw, 0, ph), mode=mode)
-    return (out if x.ndim == 4 else out[0]), (h, w)
-
-
-def unpad(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return x[..., : size[0], : size[1]]
+from ..vae_tiling import Box, plan_tiles as tile_boxes, ramp as _ramp  # noqa: F401 (Box, tile_boxes: re-exported)
 
 
 def feather_weights(box: Box, h: int, w: int, overlap: int) -> torch.Tensor:
