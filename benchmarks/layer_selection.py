@@ -1,7 +1,7 @@
 """Benchmark: do the layers `stylecloak layers` selects matter more for style than random layers? (toy model)
 
     PYTHONPATH=. .venv/bin/python benchmarks/layer_selection.py [--toy DIR] [--styles all] [--dev stripes,dots,rings]
-        [--scores activation,causal,combined] [--probes swap,noise] [--k 2] [--images 6] [--samples 16]
+        [--scores activation,causal,combined] [--probes swap,noise] [--k 2 | 1,2,3] [--images 6] [--samples 16]
         [--sigma 2.0] [--draws 2] [--threads 1] [--plot layers_toy.png --selection layers_toy.json] [--out results.md]
 
 For each style (the toy world's "artist"; ``all`` = every style of the toy world, the held-out one included):
@@ -88,22 +88,27 @@ def run_style(host, clf, style: str, args, size: int) -> dict:
                                                                   content_prompt="a painting", size=size, seeds=2))
                 for sc in args.scores}
     layers = {l.name: l for l in host.cross_attention_layers()}
-    subsets = list(itertools.combinations(sorted(layers), args.k))
     row = {"style": style, "analyses": analyses, "probes": {}}
-    for probe in args.probes:
+    for probe, k in probe_runs(args):
+        subsets = list(itertools.combinations(sorted(layers), k))
         clean, moves = subset_moves(host, clf, style, subsets, layers, probe, samples=args.samples, size=size,
                                     sigma=args.sigma, draws=args.draws)
         drops = torch.tensor([m[0] for m in moves.values()])
         row["clean"] = clean
-        row["probes"][probe] = {"random_mean": float(drops.mean()), "random_sd": float(drops.std()),
-                                "subsets": len(moves),
-                                "by_score": {sc: judge(an, moves, args.k) for sc, an in analyses.items()}}
+        row["probes"][(probe, k)] = {"random_mean": float(drops.mean()), "random_sd": float(drops.std()),
+                                     "subsets": len(moves), "max": float(drops.max()),
+                                     "by_score": {sc: judge(an, moves, k) for sc, an in analyses.items()}}
     return row
+
+
+def probe_runs(args) -> list[tuple[str, int]]:
+    """(probe, k) pairs, in report order."""
+    return [(probe, k) for probe in args.probes for k in args.k]
 
 
 def summary_rows(rows: list[dict], args) -> list[str]:
     out = []
-    for probe in args.probes:
+    for probe, k in probe_runs(args):
         for metric in METRICS:
             for sc in args.scores:
                 for label, group in (("evaluation", [r for r in rows if r["set"] == "eval"]),
@@ -111,12 +116,12 @@ def summary_rows(rows: list[dict], args) -> list[str]:
                                      ("held-out (never learnt)", [r for r in rows if r["set"] == "held-out"])):
                     if not group:
                         continue
-                    judged = [r["probes"][probe]["by_score"][sc][metric] for r in group]
+                    judged = [r["probes"][(probe, k)]["by_score"][sc][metric] for r in group]
                     pct = [j["percentile"] for j in judged]
                     rho = [j["rho"] for j in judged if j["rho"] is not None]
                     mean_pct = sum(pct) / len(pct)
                     mean_rho = f"{sum(rho) / len(rho):+.2f}" if rho else "n/a"
-                    out.append(f"| {probe} | {metric} | {sc} | {label} ({len(group)}) | {mean_pct:.0f} | "
+                    out.append(f"| {probe} | {k} | {metric} | {sc} | {label} ({len(group)}) | {mean_pct:.0f} | "
                                f"{random_pick_pvalue(judged, mean_pct):.3f} | "
                                f"{sum(p >= 50 for p in pct)} of {len(group)} | {mean_rho} |")
     return out
@@ -124,16 +129,16 @@ def summary_rows(rows: list[dict], args) -> list[str]:
 
 def markdown(rows: list[dict], args, seconds: float) -> str:
     lines = []
-    for probe in args.probes:
+    for probe, k in probe_runs(args):
         how = (f"relative weight noise on to_k/to_v, sigma={args.sigma}, {args.draws} draws" if probe == "noise"
                else "style text silenced in the layers' to_k/to_v (content prompt 'a painting')")
-        lines += [f"### Probe `{probe}`: {how} (toy model, k={args.k}, {args.samples} samples)", "",
+        lines += [f"### Probe `{probe}`: {how} (toy model, k={k}, {args.samples} samples)", "",
                   "| style | set | clean p / log-odds | drop p: all k-subsets mean (sd) | score | selected layers "
                   "| drop p: selected (percentile) | drop log-odds: selected (percentile) | drop p: bottom-k "
                   "| rho (log-odds) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            pr = r["probes"][probe]
+            pr = r["probes"][(probe, k)]
             for sc in args.scores:
                 j = pr["by_score"][sc]
                 short = ", ".join(n.replace(".transformer_blocks.0.attn2", "") for n in j["selected"])
@@ -145,10 +150,17 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
                              f"{jp['selected_move']:.3f} ({jp['percentile']:.0f}) | "
                              f"{jl['selected_move']:.2f} ({jl['percentile']:.0f}) | {jp['bottom_move']:.3f} | {rho} |")
         lines.append("")
-    lines += [f"### Summary ({seconds:.0f} s)", "",
-              "| probe | read-out | score | styles | mean percentile (chance: 50) | p vs random pick "
+    runs = probe_runs(args)
+    lines += ["### How far k layers can move the classifier (drop of p(style): mean over all k-subsets / largest)", "",
+              "| style | set | " + " | ".join(f"{pb}, k={k}" for pb, k in runs) + " |",
+              "|---|---|" + "---|" * len(runs)]
+    for r in rows:
+        lines.append(f"| {r['style']} | {r['set']} | " + " | ".join(
+            f"{r['probes'][run]['random_mean']:.3f} / {r['probes'][run]['max']:.3f}" for run in runs) + " |")
+    lines += ["", f"### Summary ({seconds:.0f} s)", "",
+              "| probe | k | read-out | score | styles | mean percentile (chance: 50) | p vs random pick "
               "| styles >= 50th percentile | mean rho |",
-              "|---|---|---|---|---|---|---|---|", *summary_rows(rows, args)]
+              "|---|---|---|---|---|---|---|---|---|", *summary_rows(rows, args)]
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +172,7 @@ def main(argv=None) -> int:
                     help="styles used to choose the default score (reported apart from the evaluation)")
     ap.add_argument("--scores", default="activation,causal,combined",
                     help="analysis scores to compare (comma-separated)")
-    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--k", default="2", help="layers per subset; a comma list runs each (e.g. 1,2,3)")
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--probes", default="swap,noise",
@@ -184,6 +196,7 @@ def main(argv=None) -> int:
         return 1
     world = toy_world(args.toy)
     args.scores = [s.strip() for s in args.scores.split(",") if s.strip()]
+    args.k = sorted({int(v) for v in str(args.k).split(",") if v.strip()})
     args.probes = [s.strip() for s in args.probes.split(",") if s.strip()]
     args.dev = [s.strip() for s in args.dev.split(",") if s.strip()]
     styles = list(world["styles"]) if args.styles == "all" else [s.strip() for s in args.styles.split(",")
@@ -196,19 +209,23 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(max(1, args.threads))
     host, clf = build_toy_host(path=args.toy), load_style_classifier(args.toy)
+    n_layers = len(host.cross_attention_layers())
+    if not args.k or not all(1 <= k < n_layers for k in args.k):
+        print(f"--k must lie in 1..{n_layers - 1} (the model has {n_layers} cross-attention layers), got {args.k}")
+        return 2
     size = int(world["size"])
     rows, t0 = [], time.time()
     for i, style in enumerate(styles):
         res = run_style(host, clf, style, args, size)
         res["set"] = ("held-out" if style == world.get("held_out") else "dev" if style in args.dev else "eval")
         rows.append(res)
-        print(f"{style}: " + "; ".join(f"{pb} " + ", ".join(f"{sc} {j['log-odds']['percentile']:.0f}"
-                                                         for sc, j in pr["by_score"].items())
-                                          for pb, pr in res["probes"].items()),
+        print(f"{style}: " + "; ".join(f"{pb} k={k} " + ", ".join(f"{sc} {j['log-odds']['percentile']:.0f}"
+                                                                for sc, j in pr["by_score"].items())
+                                          for (pb, k), pr in res["probes"].items()),
               file=sys.stderr, flush=True)
         if i == 0 and (args.selection or args.plot):
             shown = DEFAULT_SCORE if DEFAULT_SCORE in args.scores else args.scores[0]
-            sel = LayerSelection.from_analysis(res["analyses"][shown], args.k)
+            sel = LayerSelection.from_analysis(res["analyses"][shown], args.k[0])
             if args.selection:
                 sel.save(args.selection)
             if args.plot:
