@@ -70,8 +70,8 @@ class CloakImage(io.ComfyNode):
         report = {"method": method, "intensity": intensity, "memory": memory,
                   "images": [r.stats for r in results]}
         cloaked = list_to_comfy([r.image for r in results])
-        return io.NodeOutput(cloaked, list_to_comfy([r.perturbation_view for r in results]), to_json(report),
-                             ui=compare_ui(image, cloaked, report["images"]))
+        ui = {**compare_ui(image, cloaked, report["images"]), "stylecloak_memory": [{"asked": memory}]}
+        return io.NodeOutput(cloaked, list_to_comfy([r.perturbation_view for r in results]), to_json(report), ui=ui)
 
 
 class ProtectionReport(io.ComfyNode):

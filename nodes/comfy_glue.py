@@ -5,8 +5,9 @@ ComfyUI IMAGE tensors are (B, H, W, C) floats in [0, 1]; the engine works on (3,
 cancellation polls ``comfy.model_management.processing_interrupted()``, so the Cancel button stops a cloak within
 one optimisation step; the engine's ``Cancelled`` becomes ComfyUI's own interrupt exception.
 UI payloads for the front-end extension (``web/stylecloak.js``) are built here too: before/after pairs saved as
-temporary PNGs (``stylecloak_compare``) and JSON-safe reports (``stylecloak_mimicry``); and the optional ``memory``
-input the model-using nodes share (:mod:`protect_core.memory`'s modes).
+temporary PNGs (``stylecloak_compare``), JSON-safe reports (``stylecloak_mimicry``) and the memory mode asked for
+(``stylecloak_memory``: ``{"asked": mode}``, plus ``"ran"`` where the node has no other payload carrying the mode that
+ran); and the optional ``memory`` input the model-using nodes share (:mod:`protect_core.memory`'s modes).
 """
 from __future__ import annotations
 

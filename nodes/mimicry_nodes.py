@@ -78,4 +78,4 @@ class MimicryTest(io.ComfyNode):
                                       make_progress(0, cls.hidden.unique_id), memory=memory)
         data = report.to_dict()
         return io.NodeOutput(pil_to_comfy(report.card()), to_json(data),
-                             ui={"stylecloak_mimicry": [json_safe(data)]})
+                             ui={"stylecloak_mimicry": [json_safe(data)], "stylecloak_memory": [{"asked": memory}]})

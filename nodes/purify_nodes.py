@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 from protect_core.purify.base import available_purifiers, get_purifier, normalise_chain, purify
 
-from .comfy_glue import comfy_errors, comfy_to_list, list_to_comfy, make_progress, memory_input, to_json
+from .comfy_glue import (comfy_errors, comfy_to_list, json_safe, list_to_comfy, make_progress, memory_input,
+                         to_json)
 from .comfy_host import ComfyHost
 
 
@@ -56,7 +57,8 @@ class Purify(io.ComfyNode):
             images = comfy_to_list(image)
             out, info = purify(host, torch.stack(images), stages, seed=seed,
                                progress=make_progress(0, cls.hidden.unique_id), memory=memory)
-        return io.NodeOutput(list_to_comfy(list(out)), to_json(info))
+        return io.NodeOutput(list_to_comfy(list(out)), to_json(info),   # "ran": None when no model ran (filters)
+                             ui={"stylecloak_memory": [{"asked": memory, "ran": json_safe(info["memory"])}]})
 
 
 def parse_chain(text: str):

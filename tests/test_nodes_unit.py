@@ -333,6 +333,7 @@ def test_mimicry_node_report_reaches_the_ui(pack, mimicry_run):
     assert data["settings"]["sample_steps"] == 3
     (ui_report,) = out.ui["stylecloak_mimicry"]
     assert ui_report == pack.glue.json_safe(data)
+    assert out.ui["stylecloak_memory"] == [{"asked": "auto"}], "the front-end is told the mode asked for"
     json.dumps(ui_report, allow_nan=False)
     assert not diff_fingerprints(before, after), "the graph's model changed"
 
@@ -340,7 +341,9 @@ def test_mimicry_node_report_reaches_the_ui(pack, mimicry_run):
 # ------------------------------------------------------------------------------------------------ web/
 
 
-def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
+def run_web_harness(tmp_path, payloads, calls=()) -> dict:
+    """web/stylecloak.js under node.js (tests/web_harness.mjs): ``payloads`` [[node name, [UI messages]]] drawn,
+    ``calls`` [[exported function, [arguments]]] evaluated (results in "calls"); skips without node.js."""
     import shutil
     import subprocess
 
@@ -354,6 +357,15 @@ def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
     (tmp_path / "extensions" / "stylecloak").mkdir(parents=True)
     shutil.copy(ROOT / "web" / "stylecloak.js", tmp_path / "extensions" / "stylecloak" / "stylecloak.js")
     shutil.copy(Path(__file__).with_name("web_harness.mjs"), tmp_path / "harness.js")
+    (tmp_path / "payloads.json").write_text(json.dumps(payloads))
+    (tmp_path / "calls.json").write_text(json.dumps(list(calls)))
+    proc = subprocess.run([node, "harness.js", "payloads.json", "calls.json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
     ref = lambda f: {"filename": f, "subfolder": "stylecloak", "type": "temp"}  # noqa: E731
     pair = {"clean": ref("c.png"), "protected": ref("p.png"), "stats": {"psnr": 40.123, "ssim": 0.99,
                                                                            "linf_255": 8}}
@@ -362,13 +374,9 @@ def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
            {"stylecloak_mimicry": [5]}, {"stylecloak_mimicry": "x"}]
     payloads = [["StyleCloak_ProtectionReport", bad + [{"stylecloak_compare": [pair, pair]},
                                                        {"stylecloak_compare": [pair]}]],
-                ["StyleCloak_MimicryTest", bad + [{"stylecloak_mimicry": [report]}, {"stylecloak_mimicry": [{}]}]],
+                ["StyleCloak_MimicryTest", bad + [mimicry_run[0].ui, {"stylecloak_mimicry": [{}]}]],
                 ["KSampler", [{"stylecloak_compare": [pair]}]]]
-    (tmp_path / "payloads.json").write_text(json.dumps(payloads))
-    proc = subprocess.run([node, "harness.js", "payloads.json"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = run_web_harness(tmp_path, payloads)
     assert out["extensions"] == ["StyleCloak.Frontend"]
     compare, mimicry, other = out["runs"]
     assert not other["wrapped"] and compare["wrapped"] and mimicry["wrapped"]
@@ -385,4 +393,5 @@ def test_web_extension_draws_and_survives_bad_data(pack, mimicry_run, tmp_path):
     assert table["rows"][0][0] == "condition"
     assert [r[0] for r in table["rows"][1:]] == list(report["conditions"])
     assert report["verdict"] in table["text"] and table["width"] >= 560
+    assert any(t.startswith(f"memory: {report['memory']['name']} (asked auto") for t in table["text"]), "mode shown"
     assert mimicry["states"][-1]["rows"] == [table["rows"][0]], "an empty report draws an empty table"

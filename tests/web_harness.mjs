@@ -1,4 +1,5 @@
 // Runs web/stylecloak.js against stand-ins of ComfyUI's app/api and a tiny DOM; prints what it drew as JSON.
+// argv[2]: [[node name, [UI messages]]]; optional argv[3]: [[exported function, [arguments]]], results in "calls".
 import { readFileSync } from "node:fs";
 const registry = {};
 class El {
@@ -16,7 +17,7 @@ globalThis.document = { createElement: (t) => new El(t), getElementById: (i) => 
                         head: new El("head") };
 const extensions = [];
 globalThis.__app = { registerExtension: (e) => extensions.push(e) };
-await import("./extensions/stylecloak/stylecloak.js");
+const mod = await import("./extensions/stylecloak/stylecloak.js");
 const payloads = JSON.parse(readFileSync(process.argv[2], "utf8"));
 function makeNode(name) {
   const calls = [];
@@ -46,9 +47,12 @@ for (const [name, messages] of payloads) {
       srcs: els.filter((e) => e.tagName === "img").map((e) => e.src),
       clip: els.filter((e) => e.tagName === "img").map((e) => e.style.clipPath || ""),
       rows: els.filter((e) => e.tagName === "tr").map((tr) => tr.children.map((td) => td.textContent)),
-      text: els.map((e) => e.textContent).filter(Boolean), width: node.size[0] });
+      text: els.map((e) => e.textContent).filter(Boolean), width: node.size[0],
+      titles: els.map((e) => e.title).filter(Boolean) });
   }
   run.original_calls = t.calls.length;
   out.runs.push(run);
 }
+const calls = process.argv[3] ? JSON.parse(readFileSync(process.argv[3], "utf8")) : [];
+out.calls = calls.map(([fn, args]) => mod[fn](...args));
 console.log(JSON.stringify(out));

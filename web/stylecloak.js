@@ -3,14 +3,18 @@
 // Adds what the node graph lacks:
 //  * a before/after comparison on "Cloak Image" and "Compare Before / After": drag the slider (or hover the
 //    picture) to wipe between the clean and the protected image, with PSNR / SSIM / L-inf of the pair shown;
-//  * a report viewer on "Mimicry Test": the verdict, the sanity check and one table row per condition.
+//  * a report viewer on "Mimicry Test": the verdict, the sanity check and one table row per condition;
+//  * on "Cloak Image", "Mimicry Test" and "Purify", the memory mode that ran, the one asked for and any
+//    out-of-memory fallbacks ("memory: balanced (asked auto; fell back from fast)").
 // The nodes send their data as UI output (keys "stylecloak_compare" and "stylecloak_mimicry", see
-// nodes/comfy_glue.py); missing or malformed data leaves the node as it is and never throws.
+// nodes/comfy_glue.py, and "stylecloak_memory": [{asked, ran}], "ran" only where no other key carries the memory
+// record of protect_core/memory); missing or malformed data leaves the node as it is and never throws.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const COMPARE_NODES = new Set(["StyleCloak_CloakImage", "StyleCloak_ProtectionReport"]);
 const MIMICRY_NODE = "StyleCloak_MimicryTest";
+const PURIFY_NODE = "StyleCloak_Purify";
 
 const CSS = `
 .stylecloak-box { font: 12px sans-serif; color: var(--input-text, #ddd); display: flex; flex-direction: column;
@@ -34,6 +38,7 @@ const CSS = `
 .stylecloak-verdict { font-weight: bold; padding: 2px 4px; border-radius: 3px; }
 .stylecloak-good { background: rgba(60,160,90,.35); } .stylecloak-mid { background: rgba(220,160,40,.35); }
 .stylecloak-bad { background: rgba(210,70,60,.35); } .stylecloak-none { background: rgba(128,128,128,.3); }
+.stylecloak-memory { opacity: .85; padding: 0 4px; border-radius: 3px; }
 `;
 
 function addStyle() {
@@ -73,6 +78,58 @@ export function pairSummary(stats) {
   return parts.join(" · ");
 }
 
+// ------------------------------------------------------------------------------------------- memory mode
+const isRecord = (r) => !!r && typeof r === "object" && !Array.isArray(r);
+const fallbackMessages = (record) => (isRecord(record) && Array.isArray(record.fallbacks) ?
+  record.fallbacks.map(String) : []);
+
+// Modes a memory record fell back from, in order, read from its out-of-memory messages
+// ("... with memory='fast'; retrying with memory='balanced'").
+export function fellBackFrom(record) {
+  const modes = [];
+  for (const msg of fallbackMessages(record)) {
+    const m = /with memory='([\w-]+)'; retrying/.exec(msg);
+    if (m && !modes.includes(m[1])) modes.push(m[1]);
+  }
+  return modes;
+}
+
+// One line for a memory record ({name, fallbacks, ...}: the mode that ran; null: no model ran) and the mode asked
+// for, e.g. "memory: balanced (asked auto; fell back from fast)"; "" when there is nothing to show.
+export function memoryLine(record, asked) {
+  asked = typeof asked === "string" && asked ? asked : null;
+  if (record === null && asked) return `memory: not used (no model ran; asked ${asked})`;
+  const ran = isRecord(record) && typeof record.name === "string" && record.name ? record.name : null;
+  if (!ran) return asked ? `memory: asked ${asked}` : "";
+  const notes = [];
+  if (asked && asked !== ran) notes.push(`asked ${asked}`);
+  const from = fellBackFrom(record);
+  if (from.length) notes.push(`fell back from ${from.join(", ")}`);
+  const tiles = fallbackMessages(record).map((msg) => /tiles of at most (\d+) px/.exec(msg)).filter(Boolean);
+  if (tiles.length) notes.push(`re-tiled at ${tiles[tiles.length - 1][1]} px`);
+  return `memory: ${ran}${notes.length ? ` (${notes.join("; ")})` : ""}`;
+}
+
+// Tooltip of the memory line: why that mode (auto's estimate) and every fallback message, one per line (after a
+// fallback the record's reason is its last message: said once).
+export function memoryTitle(record) {
+  if (!isRecord(record)) return "";
+  const messages = fallbackMessages(record);
+  const reason = typeof record.reason === "string" && record.reason && !messages.includes(record.reason) ?
+    [record.reason] : [];
+  return [...reason, ...messages].join("\n");
+}
+
+// The element showing a memory line ("stylecloak-mid" when it fell back), or null when there is nothing to show.
+function memoryElement(record, asked) {
+  const text = memoryLine(record, asked);
+  if (!text) return null;
+  const fell = fellBackFrom(record).length > 0;
+  const line = el("div", `stylecloak-memory${fell ? " stylecloak-mid" : ""}`, text);
+  line.title = memoryTitle(record);
+  return line;
+}
+
 // Attach (once) a DOM widget to the node; returns the widget's root element.
 function ensureWidget(node, name, minHeight) {
   let widget = node.widgets?.find((w) => w.name === name);
@@ -97,7 +154,7 @@ function fitNode(node, minWidth) {
 }
 
 // ------------------------------------------------------------------------------------------- before / after
-function showCompare(node, pairs) {
+function showCompare(node, pairs, asked) {
   pairs = (Array.isArray(pairs) ? pairs : []).filter((p) => viewUrl(p?.clean) && viewUrl(p?.protected));
   if (!pairs.length) return;
   const root = ensureWidget(node, "stylecloak_compare", 260).stylecloakRoot;
@@ -113,8 +170,9 @@ function showCompare(node, pairs) {
   Object.assign(slider, { type: "range", min: 0, max: 100, value: 50, title: "clean ← → protected" });
   const prev = el("button", "", "◀"), next = el("button", "", "▶"), counter = el("span");
   const stats = el("div", "", "");
+  const memory = el("div", "stylecloak-memory", "");
   bar.append(prev, counter, next, slider);
-  root.append(stage, bar, stats);
+  root.append(stage, bar, stats, memory);
 
   let index = 0;
   const setSplit = (pct) => {
@@ -130,6 +188,10 @@ function showCompare(node, pairs) {
     after.src = viewUrl(pair.protected);
     counter.textContent = `${index + 1}/${pairs.length}`;
     stats.textContent = pairSummary(pair.stats);
+    const shown = memoryElement(pair.stats?.memory, asked);   // per image: batches may run in different modes
+    memory.textContent = shown?.textContent ?? "";
+    memory.className = shown?.className ?? "stylecloak-memory";
+    memory.title = shown?.title ?? "";
     prev.disabled = next.disabled = pairs.length < 2;
   };
   slider.addEventListener("input", () => setSplit(Number(slider.value)));
@@ -166,7 +228,7 @@ export function reportRows(report) {
   });
 }
 
-function showReport(node, report) {
+function showReport(node, report, asked) {
   if (!report || typeof report !== "object") return;
   const rows = reportRows(report);
   const widget = ensureWidget(node, "stylecloak_report", 90 + 22 * rows.length);
@@ -180,6 +242,8 @@ function showReport(node, report) {
   box.append(el("div", "", `sanity check: ${sanity.passed ? "passed" : "not passed"} (gain ${fmt(sanity.gain)}, ` +
     `margin ${fmt(sanity.margin)})${seconds}`));
   if (sanity.diagnosis) box.append(el("div", "", sanity.diagnosis));
+  const memory = memoryElement(report.memory, asked);
+  if (memory) box.append(memory);
   const table = el("table");
   const head = el("tr");
   for (const h of ["condition", "trained on", "style similarity", "artist share", "protection success", "effect",
@@ -200,7 +264,22 @@ function showReport(node, report) {
   fitNode(node, 560);
 }
 
+// ------------------------------------------------------------------------------------------- purify
+function showMemory(node, payload) {
+  if (!isRecord(payload)) return;
+  const line = memoryElement(payload.ran, payload.asked);
+  if (!line) return;
+  ensureWidget(node, "stylecloak_memory", 28).stylecloakRoot.replaceChildren(line);
+  fitNode(node, 220);
+}
+
 // ------------------------------------------------------------------------------------------- registration
+// The memory mode a run asked for ("stylecloak_memory": [{asked}]), or undefined.
+function askedMode(message) {
+  const payload = Array.isArray(message.stylecloak_memory) ? message.stylecloak_memory[0] : null;
+  return isRecord(payload) ? payload.asked : undefined;
+}
+
 function hookExecuted(nodeType, handler) {
   const original = nodeType.prototype.onExecuted;
   nodeType.prototype.onExecuted = function (message) {
@@ -219,10 +298,14 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (COMPARE_NODES.has(nodeData?.name)) {
       addStyle();
-      hookExecuted(nodeType, (node, message) => showCompare(node, message.stylecloak_compare));
+      hookExecuted(nodeType, (node, message) => showCompare(node, message.stylecloak_compare,
+        askedMode(message)));
     } else if (nodeData?.name === MIMICRY_NODE) {
       addStyle();
-      hookExecuted(nodeType, (node, message) => showReport(node, message.stylecloak_mimicry?.[0]));
+      hookExecuted(nodeType, (node, message) => showReport(node, message.stylecloak_mimicry?.[0], askedMode(message)));
+    } else if (nodeData?.name === PURIFY_NODE) {
+      addStyle();
+      hookExecuted(nodeType, (node, message) => showMemory(node, message.stylecloak_memory?.[0]));
     }
   },
 });
