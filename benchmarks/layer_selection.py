@@ -106,16 +106,24 @@ def probe_runs(args) -> list[tuple[str, int]]:
     return [(probe, k) for probe in args.probes for k in args.k]
 
 
+def summary_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(label, rows) per model and set, then the sets pooled over models when there are several."""
+    sets = (("evaluation", "eval"), ("dev", "dev"), ("held-out (never learnt)", "held-out"))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    out = [(f"{m}: {label}" if len(models) > 1 else label, [r for r in rows if r["model"] == m and r["set"] == key])
+           for m in models for label, key in sets]
+    if len(models) > 1:
+        out += [(f"all {len(models)} models: {label}", [r for r in rows if r["set"] == key])
+                for label, key in sets[:2]]
+    return [(label, group) for label, group in out if group]
+
+
 def summary_rows(rows: list[dict], args) -> list[str]:
     out = []
     for probe, k in probe_runs(args):
         for metric in METRICS:
             for sc in args.scores:
-                for label, group in (("evaluation", [r for r in rows if r["set"] == "eval"]),
-                                     ("dev", [r for r in rows if r["set"] == "dev"]),
-                                     ("held-out (never learnt)", [r for r in rows if r["set"] == "held-out"])):
-                    if not group:
-                        continue
+                for label, group in summary_groups(rows):
                     judged = [r["probes"][(probe, k)]["by_score"][sc][metric] for r in group]
                     pct = [j["percentile"] for j in judged]
                     rho = [j["rho"] for j in judged if j["rho"] is not None]
@@ -144,7 +152,7 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
                 short = ", ".join(n.replace(".transformer_blocks.0.attn2", "") for n in j["selected"])
                 jp, jl = j["p"], j["log-odds"]
                 rho = "n/a" if jl["rho"] is None else f"{jl['rho']:+.2f}"
-                lines.append(f"| {r['style']} | {r['set']} | "
+                lines.append(f"| {r['label']} | {r['set']} | "
                              f"{r['clean'][0]:.3f} / {r['clean'][1]:.1f} | {pr['random_mean']:.3f} "
                              f"({pr['random_sd']:.3f}, n={pr['subsets']}) | {sc} | {short} | "
                              f"{jp['selected_move']:.3f} ({jp['percentile']:.0f}) | "
@@ -155,7 +163,7 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
               "| style | set | " + " | ".join(f"{pb}, k={k}" for pb, k in runs) + " |",
               "|---|---|" + "---|" * len(runs)]
     for r in rows:
-        lines.append(f"| {r['style']} | {r['set']} | " + " | ".join(
+        lines.append(f"| {r['label']} | {r['set']} | " + " | ".join(
             f"{r['probes'][run]['random_mean']:.3f} / {r['probes'][run]['max']:.3f}" for run in runs) + " |")
     lines += ["", f"### Summary ({seconds:.0f} s)", "",
               "| probe | k | read-out | score | styles | mean percentile (chance: 50) | p vs random pick "
@@ -164,9 +172,47 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_model(toy, label: str, args, first: bool) -> "list[dict] | int":
+    """Every style of one toy model (``label`` prefixes the table rows when several models run)."""
+    from protect_core.layers import LayerSelection
+    from protect_core.layers.analysis import DEFAULT_SCORE
+    from protect_core.toy.model import build_toy_host, load_style_classifier, toy_world
+
+    world = toy_world(toy)
+    styles = list(world["styles"]) if args.styles == "all" else [s.strip() for s in args.styles.split(",")
+                                                                 if s.strip()]
+    host, clf = build_toy_host(path=toy), load_style_classifier(toy)
+    n_layers = len(host.cross_attention_layers())
+    if not args.k or not all(1 <= k < n_layers for k in args.k):
+        print(f"--k must lie in 1..{n_layers - 1} (the model has {n_layers} cross-attention layers), got {args.k}")
+        return 2
+    size, rows = int(world["size"]), []
+    for i, style in enumerate(styles):
+        res = run_style(host, clf, style, args, size)
+        res["set"] = ("held-out" if style == world.get("held_out") else "dev" if style in args.dev else "eval")
+        res["model"], res["label"] = label or "shipped", f"{label}: {style}" if label else style
+        rows.append(res)
+        print(f"{res['label']}: " + "; ".join(f"{pb} k={k} " + ", ".join(f"{sc} {j['log-odds']['percentile']:.0f}"
+                                                                       for sc, j in pr["by_score"].items())
+                                                 for (pb, k), pr in res["probes"].items()),
+              file=sys.stderr, flush=True)
+        if first and i == 0 and (args.selection or args.plot):
+            shown = DEFAULT_SCORE if DEFAULT_SCORE in args.scores else args.scores[0]
+            sel = LayerSelection.from_analysis(res["analyses"][shown], args.k[0])
+            if args.selection:
+                sel.save(args.selection)
+            if args.plot:
+                from protect_core.layers.heatmap import save_heatmap
+
+                save_heatmap(sel, args.plot)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--toy", default=None, help="toy model folder (default: protect_core/assets/toy)")
+    ap.add_argument("--toy", default=None,
+                    help="toy model folder(s), comma-separated; several are reported apart and pooled (default: "
+                         "protect_core/assets/toy; an empty item also means it)")
     ap.add_argument("--styles", default="all", help="comma-separated toy styles, or 'all' (default)")
     ap.add_argument("--dev", default="stripes,dots,rings",
                     help="styles used to choose the default score (reported apart from the evaluation)")
@@ -186,52 +232,37 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the markdown tables here")
     args = ap.parse_args(argv)
     from layer_probes import PROBES
-    from protect_core.layers import LayerSelection
-    from protect_core.layers.analysis import DEFAULT_SCORE, SCORES
-    from protect_core.toy.model import build_toy_host, load_style_classifier, toy_available, toy_world
+    from protect_core.layers.analysis import SCORES
+    from protect_core.toy.model import toy_available, toy_world
 
-    if not toy_available(args.toy):
-        print("no trained toy model found (protect_core/assets/toy or --toy DIR); train it with "
-              "`python -m protect_core.toy.train --out protect_core/assets/toy` first")
+    toys = [t.strip() or None for t in (args.toy or "").split(",")] if args.toy else [None]
+    missing = [t or "protect_core/assets/toy" for t in toys if not toy_available(t)]
+    if missing:
+        print(f"no trained toy model found in {', '.join(missing)}; train one with "
+              "`python -m protect_core.toy.train --out DIR` first")
         return 1
-    world = toy_world(args.toy)
     args.scores = [s.strip() for s in args.scores.split(",") if s.strip()]
     args.k = sorted({int(v) for v in str(args.k).split(",") if v.strip()})
     args.probes = [s.strip() for s in args.probes.split(",") if s.strip()]
     args.dev = [s.strip() for s in args.dev.split(",") if s.strip()]
-    styles = list(world["styles"]) if args.styles == "all" else [s.strip() for s in args.styles.split(",")
-                                                                 if s.strip()]
-    bad = [s for s in args.probes if s not in PROBES] + [s for s in args.scores if s not in SCORES] \
-        + [s for s in styles if s not in world["styles"]]
-    if bad or not args.scores or not styles or not args.probes:
-        print(f"unknown or missing probe/score/style: {bad}; probes: {', '.join(PROBES)}; "
-              f"scores: {', '.join(SCORES)}; styles: {', '.join(world['styles'])}")
-        return 2
+    for toy in toys:
+        world = toy_world(toy)
+        styles = list(world["styles"]) if args.styles == "all" else [s.strip() for s in args.styles.split(",")
+                                                                     if s.strip()]
+        bad = [s for s in args.probes if s not in PROBES] + [s for s in args.scores if s not in SCORES] \
+            + [s for s in styles if s not in world["styles"]]
+        if bad or not args.scores or not styles or not args.probes:
+            print(f"unknown or missing probe/score/style: {bad}; probes: {', '.join(PROBES)}; "
+                  f"scores: {', '.join(SCORES)}; styles: {', '.join(world['styles'])}")
+            return 2
     torch.set_num_threads(max(1, args.threads))
-    host, clf = build_toy_host(path=args.toy), load_style_classifier(args.toy)
-    n_layers = len(host.cross_attention_layers())
-    if not args.k or not all(1 <= k < n_layers for k in args.k):
-        print(f"--k must lie in 1..{n_layers - 1} (the model has {n_layers} cross-attention layers), got {args.k}")
-        return 2
-    size = int(world["size"])
     rows, t0 = [], time.time()
-    for i, style in enumerate(styles):
-        res = run_style(host, clf, style, args, size)
-        res["set"] = ("held-out" if style == world.get("held_out") else "dev" if style in args.dev else "eval")
-        rows.append(res)
-        print(f"{style}: " + "; ".join(f"{pb} k={k} " + ", ".join(f"{sc} {j['log-odds']['percentile']:.0f}"
-                                                                for sc, j in pr["by_score"].items())
-                                          for (pb, k), pr in res["probes"].items()),
-              file=sys.stderr, flush=True)
-        if i == 0 and (args.selection or args.plot):
-            shown = DEFAULT_SCORE if DEFAULT_SCORE in args.scores else args.scores[0]
-            sel = LayerSelection.from_analysis(res["analyses"][shown], args.k[0])
-            if args.selection:
-                sel.save(args.selection)
-            if args.plot:
-                from protect_core.layers.heatmap import save_heatmap
-
-                save_heatmap(sel, args.plot)
+    for m, toy in enumerate(toys):
+        label = Path(toy).name if toy else "shipped"
+        got = run_model(toy, label if len(toys) > 1 else "", args, first=m == 0)
+        if isinstance(got, int):
+            return got
+        rows += got
     text = markdown(rows, args, time.time() - t0)
     print("\n" + text)
     if args.out:
