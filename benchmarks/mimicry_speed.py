@@ -6,6 +6,12 @@
 Prints a markdown table. ``sd15-random`` / ``sd2-random`` / ``sdxl-random`` are full-size architectures with
 random weights (protect_core.random_models): timings only, their images mean nothing. Peak memory is the process's
 peak RSS so far (CPU) or ``torch.cuda.max_memory_allocated`` since the phase began (CUDA).
+
+``--memory`` (auto, fast, balanced, low; default ``fast``) is the memory mode of every phase. The default is
+``fast`` (the host as it is) because the README's figures were made before the mimicry test had memory modes, i.e.
+with nothing changed; ``auto`` may pick ``balanced`` or ``low`` on a GPU, which would not reproduce them. The
+header says the mode asked for and, where a phase ran in another one (``auto``'s choice, or an out-of-memory
+fallback), which.
 """
 from __future__ import annotations
 
@@ -74,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample-steps", type=int, default=10)
     p.add_argument("--images", type=int, default=4, help="training images per set")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared machine)")
+    p.add_argument("--memory", default="fast", choices=["auto", "fast", "balanced", "low"],
+                   help="memory mode of every phase (default fast: how the README's figures were made)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -91,19 +99,25 @@ def main(argv=None) -> int:
     rows = []
     with host.borrowed():
         warm = MimicrySettings(**{**s.__dict__, "steps": 1, "samples": 1, "sample_steps": 1, "sample_batch": 1})
-        finetune(host, clean[:1], warm)  # first-call overheads (allocator, kernels) out of the timings
-        res, t_ft, m_ft = timed("finetune", args.device, lambda: finetune(host, clean, s))
+        # first-call overheads (allocator, kernels) out of the timings
+        finetune(host, clean[:1], warm, memory=args.memory)
+        res, t_ft, m_ft = timed("finetune", args.device, lambda: finetune(host, clean, s, memory=args.memory))
         rows.append(("fine-tune", f"{args.steps} steps x batch {min(args.batch_size, args.images)}", t_ft,
                      f"{args.steps / t_ft:.2f} steps/s", m_ft, res.trainable_parameters))
-        _, t_gen, m_gen = timed("sample", args.device, lambda: generate(host, s, res.overrides))
+        _, t_gen, m_gen = timed("sample", args.device,
+                                lambda: generate(host, s, res.overrides, memory=args.memory))
         rows.append(("sampling", f"{args.samples} images x {args.sample_steps} DDIM steps, CFG", t_gen,
                      f"{t_gen / args.samples:.3f} s/image", m_gen, None))
-    rep, t_all, m_all = timed("run", args.device, lambda: run_mimicry_test(host, clean, {"cloaked": cloaked}, s))
+    rep, t_all, m_all = timed("run", args.device,
+                              lambda: run_mimicry_test(host, clean, {"cloaked": cloaked}, s, memory=args.memory))
     rows.append(("whole test", "base + clean + cloaked, scoring", t_all, rep.verdict[:40], m_all, None))
+    ran = {"fine-tune": (res.memory or {}).get("name"), "whole test": (rep.memory or {}).get("name")}
+    other = ", ".join(f"{phase} ran {name}" for phase, name in ran.items() if name not in (None, args.memory))
 
     print(f"\nmimicry speed: model {args.model}, {args.method} rank {args.rank}, {args.resolution} px, "
           f"{args.device} {args.dtype}, {args.threads} thread(s), torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}; host built in {t_build:.2f} s\n")
+          f"{platform.processor() or platform.machine()}; host built in {t_build:.2f} s; "
+          f"memory {args.memory}{f' ({other})' if other else ''}\n")
     print("| phase | work | seconds | rate | peak memory (MiB) | trainable params |")
     print("|---|---|---|---|---|---|")
     for phase, work, secs, rate, mem, n in rows:

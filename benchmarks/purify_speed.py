@@ -9,6 +9,12 @@ defaults" scales it to the purifier's documented defaults (e.g. IMPRESS's 3000 i
 comes first and is not reported. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset per row); on CPU
 the process's peak RSS (VmHWM, reset per row through /proc/self/clear_refs when the kernel allows; otherwise the
 lifetime peak, marked "*"). Timings on a shared machine vary a lot; compare rows of one run only.
+
+``--memory`` (auto, fast, balanced, low; default ``fast``) is the memory mode of the purifiers that use the model.
+The default is ``fast`` (the host as it is) because the README's figures were made before purify had memory modes,
+i.e. with nothing changed; ``auto`` may pick ``balanced`` or ``low`` on a GPU, which would not reproduce them. The
+header says the mode asked for; a row whose purifier ran in another mode (``auto``'s choice, or an out-of-memory
+fallback) says so in its settings column.
 """
 from __future__ import annotations
 
@@ -45,20 +51,23 @@ def build_host(model: str, device: str, dtype: str):
     return load_host(model, device=device, dtype=dt)
 
 
-def bench(host, name: str, size: int, device: str) -> dict:
+def bench(host, name: str, size: int, device: str, memory: str = "fast") -> dict:
     p = get_purifier(name)
     params = resolve_params(p, BENCH.get(name))
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     progress = Progress()
     exact = reset_peak(device)
     t0 = time.perf_counter()
-    purify(host, images, [(name, params)], progress=progress)
+    _, info = purify(host, images, [(name, params)], progress=progress, memory=memory)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     per_step = seconds / max(1, progress.done)
     full = p.count_steps(resolve_params(p, {}), images, host)
     changed = {k: v for k, v in params.items() if v != p.defaults[k]}
+    ran = (info["memory"] or {}).get("name")
+    if ran is not None and ran != memory:   # auto's choice or an out-of-memory fallback
+        changed["memory"] = ran
     return {"seconds": seconds, "steps": progress.done, "per_step": per_step, "at_defaults": per_step * full,
             "settings": ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults",
             "peak": peak_mib(device), "exact": exact}
@@ -72,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--memory", default="fast", choices=["auto", "fast", "balanced", "low"],
+                    help="memory mode of the model-using purifiers (default fast: how the README's figures were made)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,15 +90,16 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     host = build_host(args.model, args.device, args.dtype)
     print(f"model {args.model} ({args.dtype}), device {args.device}, batch 1, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
+          f"{torch.get_num_threads()} threads, memory {args.memory}\n")
     print("| purifier | size | run settings | steps | seconds | s / step | est. s at defaults | peak MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for size in sizes:
         warm = torch.rand(1, 3, size, size).to(args.device)
-        purify(host, warm, [("diffpure", {"steps": 10}), ("impress", {"iterations": 1, "perceptual": "dssim"})])
+        purify(host, warm, [("diffpure", {"steps": 10}), ("impress", {"iterations": 1, "perceptual": "dssim"})],
+               memory=args.memory)
         for name in names:
             try:
-                r = bench(host, name, size, args.device)
+                r = bench(host, name, size, args.device, args.memory)
                 mark = "" if r["exact"] else "*"
                 print(f"| {name} | {size} | {r['settings']} | {r['steps']} | {r['seconds']:.2f} | "
                       f"{r['per_step']:.3f} | {r['at_defaults']:.1f} | {r['peak']:.0f}{mark} |", flush=True)

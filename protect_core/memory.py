@@ -25,33 +25,27 @@ their gradients.
 Out of memory (``torch.cuda.OutOfMemoryError``, ``RuntimeError('... out of memory ...')``, ``MemoryError``):
 :func:`run_with_fallback` retries with the next lower mode and says so (log + returned messages); below ``low`` it
 raises :class:`MemoryLimitError`, a :class:`~protect_core.errors.StyleCloakError` naming the settings to change.
+Those helpers live in :mod:`protect_core.memory_fallback` and are re-exported here.
 """
 from __future__ import annotations
 
 import dataclasses
-import gc
-import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from .errors import StyleCloakError
 from .integrity import SESSION_ATTRS
 from .memory_checkpoint import _checkpoint_fn, enable_checkpointing  # noqa: F401 (public names)
-
-log = logging.getLogger(__name__)
+from .memory_fallback import (MemoryLimitError, free_memory, is_oom, limit_message,  # noqa: F401 (public names)
+                              run_with_fallback)
 
 MODES = ("fast", "balanced", "low")
 CHOICES = ("auto",) + MODES
 PRECISIONS = ("host", "half", "fp16", "bf16", "fp32")
 ATTENTION = ("keep", "sdpa", "sliced")
 _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class MemoryLimitError(StyleCloakError):
-    """Out of memory even in the lowest memory mode; the message names what to change."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +82,13 @@ class MemoryMode:
             return None
         return PRESETS[MODES[MODES.index(self.name) + 1]]
 
-    def describe(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", None)}
+    def describe(self, host=None) -> dict:
+        """The mode's fields (unset ones left out); with ``host``, ``precision`` says what runs on that host
+        (:func:`precision_label`: e.g. "full (half precision needs a GPU)" for "half" on the CPU)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", None)}
+        if host is not None:
+            out["precision"] = precision_label(self.precision, autocast_dtype(self, host), host.dtype)
+        return out
 
 
 PRESETS: dict[str, MemoryMode] = {
@@ -119,6 +118,16 @@ def memory_mode(spec: "str | MemoryMode | dict | None" = "auto", **overrides) ->
     else:
         raise ValueError(f"memory mode must be a name ({', '.join(CHOICES)}), a dict or a MemoryMode, got {spec!r}")
     return dataclasses.replace(mode, **overrides) if overrides else mode
+
+
+def precision_label(precision: str, autocast: torch.dtype | None, host_dtype) -> str:
+    """What ``precision`` amounts to where it runs: the name itself where it applies; for "half" without autocast
+    (on the CPU, or on a model already in half precision: :func:`autocast_dtype`) what runs instead."""
+    if precision != "half" or autocast is not None:
+        return precision
+    if host_dtype in (torch.float16, torch.bfloat16):
+        return f"host ({str(host_dtype).replace('torch.', '')} model, already half precision)"
+    return "full (half precision needs a GPU)"
 
 
 # ---- choosing a mode by free memory --------------------------------------------------------------------------
@@ -229,6 +238,7 @@ class ActiveMemory:
     checkpointed_modules: int = 0
     attention_modules: int = 0
     notes: list = dataclasses.field(default_factory=list)
+    precision: str = ""   # what runs (precision_label); "" = the mode's own precision
 
     def unscale(self, grad: torch.Tensor) -> torch.Tensor | None:
         """The true gradient from a loss multiplied by ``loss_scale``; None when it overflowed (the step is
@@ -246,6 +256,8 @@ class ActiveMemory:
 
     def describe(self) -> dict:
         out = self.mode.describe()
+        if self.precision:
+            out["precision"] = self.precision
         out.update(autocast=None if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", ""),
                    score_distillation=self.score_distillation, checkpointed_modules=self.checkpointed_modules)
         if self.notes:
@@ -315,7 +327,8 @@ class memory_session:
             dt = autocast_dtype(mode, host)
             half_host = host.dtype == torch.float16
             active = ActiveMemory(mode, dt, mode.score_distillation and allows_score_distillation(self.method),
-                                  loss_scale=1024.0 if (dt == torch.float16 or half_host) else 1.0)
+                                  loss_scale=1024.0 if (dt == torch.float16 or half_host) else 1.0,
+                                  precision=precision_label(mode.precision, dt, host.dtype))
             mods = host.host_modules()
             if mode.checkpoint_unet:
                 active.checkpointed_modules += enable_checkpointing(host, mods.get("unet"))
@@ -348,53 +361,3 @@ def module_flags(host) -> dict:
                 if attr in m.__dict__:
                     out[f"{key}.{name}.{attr}"] = m.__dict__[attr]
     return out
-
-
-# ---- out of memory --------------------------------------------------------------------------------------------
-_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True for CUDA/CPU/MPS out-of-memory errors."""
-    if isinstance(exc, MemoryError):
-        return True
-    oom_cls = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_cls is not None and isinstance(exc, oom_cls):
-        return True
-    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
-
-
-def free_memory(device=None) -> None:
-    gc.collect()
-    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
-        torch.cuda.empty_cache()
-
-
-def limit_message(mode: MemoryMode, device, work: str = "") -> str:
-    return (f"out of memory on {device}{' ' + work if work else ''} even with memory='{mode.name}'. "
-            "Lower the batch size (--batch-size), the tile size (--tile, e.g. 384), the image size, "
-            "load the model in half precision (--dtype fp16), or run on the CPU (--device cpu).")
-
-
-def run_with_fallback(fn: Callable[[MemoryMode], object], mode: MemoryMode, device, work: str = ""):
-    """``fn(mode)``; on out-of-memory retry with lower modes. Returns ``(result, mode used, fallback messages)``;
-    raises :class:`MemoryLimitError` when even ``low`` runs out."""
-    messages = []
-    while True:
-        failed = False
-        try:
-            return fn(mode), mode, messages
-        except Exception as e:  # noqa: BLE001 (only out-of-memory is handled; everything else re-raised)
-            if not is_oom(e):
-                raise
-            failed = True
-        if failed:  # outside the except block, so the traceback's frames (and their tensors) are freed
-            free_memory(device)
-            lower = mode.lower()
-            if lower is None:
-                raise MemoryLimitError(limit_message(mode, device, work)) from None
-            msg = (f"out of memory on {device}{' ' + work if work else ''} with memory='{mode.name}'; "
-                   f"retrying with memory='{lower.name}'")
-            log.warning(msg)
-            messages.append(msg)
-            mode = dataclasses.replace(lower, reason=msg)

@@ -10,7 +10,9 @@ settings of *this* block to change.
 What a job asks of memory is a list of :class:`MemoryJob` (one per kind of work it does): ``unet_backward`` for
 work that back-propagates through the UNet (the mimicry fine-tune), False for work that back-propagates through the
 VAE only (IMPRESS) or runs inference (diffusion purifiers, generation); ``pixels`` is the image pixels the model
-sees at once. ``auto`` takes the lowest of the modes the jobs resolve to. Score distillation (a cloak-only
+sees at once; ``image_pixels`` (optional) is one image's pixels as the VAE sees it, so that the estimate for ``low``
+counts only one VAE tile of a larger image (:func:`~protect_core.memory.estimate_bytes`; unknown: the whole of
+``pixels``). ``auto`` takes the lowest of the modes the jobs resolve to. Score distillation (a cloak-only
 approximation) and the cloak's tile cap never apply here; the VAE tiling of ``low`` (``vae_tile``) does.
 
 A call made while the caller already holds a memory session on the host (``with memory_session(...)``, e.g.
@@ -32,11 +34,13 @@ from .memory import (MODES, MemoryLimitError, MemoryMode, memory_mode, memory_se
 
 @dataclass(frozen=True)
 class MemoryJob:
-    """One kind of work, as :func:`protect_core.memory.resolve_memory` reads it (via ``unet_backward``)."""
+    """One kind of work, as :func:`protect_core.memory.resolve_memory` reads it (``unet_backward``, ``pixels``,
+    ``image_pixels``)."""
 
     unet_backward: bool
     pixels: int
     allows_score_distillation: bool = False   # cloak-only: never here
+    image_pixels: int | None = None           # one image's H x W as the VAE sees it (None: unknown)
 
 
 def block_mode(mode: MemoryMode) -> MemoryMode:
@@ -44,11 +48,14 @@ def block_mode(mode: MemoryMode) -> MemoryMode:
     return dataclasses.replace(mode, score_distillation=False, tile=None)
 
 
-def resolve_jobs(memory, host, jobs: Sequence[MemoryJob]) -> MemoryMode:
-    """One concrete mode for all ``jobs``: the lowest that any of them resolves to (``auto``), or ``memory``."""
-    picked = [resolve_memory(memory, host, job, pixels=max(1, int(job.pixels))) for job in jobs]
+def resolve_jobs(memory, host, jobs: Sequence[MemoryJob], available: int | None = None) -> MemoryMode:
+    """One concrete mode for all ``jobs``: the lowest that any of them resolves to (``auto``), or ``memory``.
+    ``available``: free bytes to plan for (default: the host device's, :func:`~protect_core.memory.available_bytes`)."""
+    picked = [resolve_memory(memory, host, job, pixels=max(1, int(job.pixels)), available=available,
+                             image_pixels=None if job.image_pixels is None else max(1, int(job.image_pixels)))
+              for job in jobs]
     if not picked:
-        picked = [resolve_memory(memory, host, MemoryJob(False, 1), pixels=1)]
+        picked = [resolve_memory(memory, host, MemoryJob(False, 1), pixels=1, available=available)]
     lowest = max(picked, key=lambda m: MODES.index(m.name) if m.name in MODES else -1)
     return block_mode(lowest)
 

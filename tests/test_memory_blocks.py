@@ -1,7 +1,8 @@
 """Memory modes in the Purify and Mimicry Test blocks (protect_core.memory_job): each block in each mode on
 the tiny model, the automatic choice per kind of work, the out-of-memory fallback (simulated on CPU) restarting the
-work cleanly, MemoryLimitError below ``low``, the caller's session honoured, the CLI flag, and the host's
-integrity (fingerprint and memory flags) after success, fallback and failure."""
+work cleanly, MemoryLimitError below ``low``, the caller's session honoured, the CLI flag, one image's size
+(MemoryJob.image_pixels) reaching the estimate, and the host's integrity (fingerprint and memory flags) after
+success, fallback and failure."""
 from __future__ import annotations
 
 import json
@@ -65,6 +66,7 @@ def test_purify_runs_in_each_mode_and_modes_agree_on_cpu(tiny_host, integrity, r
         assert mem["name"] == mode and mem["fallbacks"] == [] and mem["score_distillation"] is False
         assert "tile" not in mem                              # the cloak's tile cap does not apply here
         assert (mem["checkpointed_modules"] > 0) == (mode != "fast")
+        assert mem["precision"] == ("host" if mode == "fast" else "full (half precision needs a GPU)")
         assert out[mode].shape == x.shape and info["chain"][0]["objective_end"]
     # CPU has no half autocast; checkpointing and SDPA must not change the result beyond float tolerance
     for mode in ("balanced", "low"):
@@ -203,6 +205,53 @@ def test_mimicry_auto_sizes_the_fine_tune_as_unet_backward(tiny_host, monkeypatc
     assert both.name != "fast" and not both.score_distillation and both.tile is None
     assert resolve_jobs("low", tiny_host, [MemoryJob(True, 1)]) == memory.dataclasses.replace(
         PRESETS["low"], score_distillation=False, tile=None)
+
+
+def _spy_estimates(monkeypatch):
+    """Record the ``(pixels, image_pixels)`` of every estimate ``auto`` makes."""
+    real, seen = memory.estimate_bytes, []
+
+    def spy(pixels, *args, **kwargs):
+        seen.append((pixels, kwargs.get("image_pixels", args[5] if len(args) > 5 else None)))
+        return real(pixels, *args, **kwargs)
+
+    monkeypatch.setattr(memory, "estimate_bytes", spy)
+    return seen
+
+
+def test_job_image_pixels_reach_the_low_estimate(tiny_host, monkeypatch):
+    """One 1024 px image: with its size known, ``low`` counts one 512 px VAE tile and fits where it did not."""
+    px = 1024 * 1024
+    untiled = estimate_bytes(px, False, PRESETS["low"], False)
+    tiled = estimate_bytes(px, False, PRESETS["low"], False, image_pixels=px)
+    assert tiled < untiled     # no VAE tiling in balanced: no credit there
+    assert estimate_bytes(px, False, PRESETS["balanced"], False, image_pixels=px) == estimate_bytes(
+        px, False, PRESETS["balanced"], False)
+    between = (tiled + untiled) // 2
+    seen = _spy_estimates(monkeypatch)
+    known = resolve_jobs("auto", tiny_host, [MemoryJob(False, px, image_pixels=px)], available=between)
+    assert seen == [(px, px)] * 3 and known.name == "low" and known.reason.endswith("low fits")
+    seen.clear()
+    unknown = resolve_jobs("auto", tiny_host, [MemoryJob(False, px)], available=between)   # as before
+    assert seen == [(px, None)] * 3 and unknown.name == "low" and "does not fit either" in unknown.reason
+    # a mode with VAE tiling below 'low' is picked as soon as its tiled estimate fits
+    monkeypatch.setitem(memory.PRESETS, "balanced", memory.dataclasses.replace(PRESETS["balanced"], vae_tile=512))
+    job = [MemoryJob(False, px, image_pixels=px)]
+    room = estimate_bytes(px, False, memory.PRESETS["balanced"], False, image_pixels=px)
+    assert resolve_jobs("auto", tiny_host, job, available=room).name == "balanced"
+    assert resolve_jobs("auto", tiny_host, [MemoryJob(False, px)], available=room).name == "low"
+
+
+def test_blocks_give_their_jobs_one_images_size(tiny_host, rng_images, monkeypatch):
+    s = small(resolution=64, batch_size=2, sample_batch=2)
+    assert finetune_job(s, torch.zeros(3, 3, 64, 64)).image_pixels == 64 * 64 == generation_job(s).image_pixels
+    seen = _spy_estimates(monkeypatch)
+    x = rng_images(2, 32, 48)
+    purify(tiny_host, x, [("diffpure", {"strength": 0.05, "steps": 20})])
+    assert set(seen) == {(2 * 32 * 48, 32 * 48)}                       # the batch, and one image's H x W
+    seen.clear()   # noisy_upscale sizes its own (upscaled) work and does not say: no tiling credit, as before
+    purify(tiny_host, x[:1], [("noisy_upscale", {"scale": 2.0, "steps": 2})])
+    assert set(seen) == {(4 * 32 * 48, None)}
 
 
 def test_mimicry_oom_falls_back_and_restarts_cleanly(tiny_host, integrity, art, monkeypatch, caplog):

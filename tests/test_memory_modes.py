@@ -1,7 +1,8 @@
 """Memory modes (protect_core.memory): parsing and the automatic choice, numerics of each mode against fp32,
 checkpointing with weight overrides, score distillation, flags restored, and the out-of-memory fallback (simulated
-on CPU) with the host's integrity proven on success, fallback, hard failure and cancel, and the re-planning of tiles
-when a fallback lowers the tile cap."""
+on CPU) with the host's integrity proven on success, fallback, hard failure and cancel, the re-planning of tiles
+when a fallback lowers the tile cap, what describe() says runs on the CPU, and the out-of-memory helpers (moved to
+protect_core.memory_fallback) still importable from protect_core.memory."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ from protect_core.cloak.runner import cloak_images
 from protect_core.diffusion import denoising_loss
 from protect_core.errors import Cancelled, StyleCloakError
 from protect_core.memory import (PRESETS, ActiveMemory, MemoryLimitError, estimate_bytes, is_oom, memory_mode,
-                                 memory_session, module_flags, resolve_memory)
+                                 memory_session, module_flags, precision_label, resolve_memory)
 from protect_core.progress import CancelToken, Progress
 
 
@@ -68,6 +69,45 @@ def test_is_oom_classification():
     assert is_oom(MemoryError()) and is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
     assert is_oom(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried 10 GB"))
     assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) and not is_oom(ValueError("x"))
+
+
+def test_fallback_helpers_keep_their_old_import_path():
+    import protect_core.memory as memory
+    import protect_core.memory_fallback as fallback
+
+    for name in ("MemoryLimitError", "is_oom", "free_memory", "limit_message", "run_with_fallback"):
+        assert getattr(memory, name) is getattr(fallback, name)
+    assert issubclass(MemoryLimitError, StyleCloakError) and MemoryLimitError is fallback.MemoryLimitError
+    calls = []
+
+    def fn(mode):
+        calls.append(mode.name)
+        if mode.name != "low":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return "done"
+
+    result, used, messages = memory.run_with_fallback(fn, PRESETS["fast"], "cpu", "a test")
+    assert (result, used.name, calls) == ("done", "low", ["fast", "balanced", "low"])
+    assert len(messages) == 2 and "retrying with memory='low'" in used.reason
+    with pytest.raises(MemoryLimitError, match="memory='low'"):
+        memory.run_with_fallback(lambda mode: (_ for _ in ()).throw(MemoryError()), PRESETS["low"], "cpu")
+
+
+def test_describe_says_what_runs_on_cpu(tiny_host):
+    assert torch.device(tiny_host.device).type == "cpu"
+    low = PRESETS["low"]
+    assert low.describe()["precision"] == "half"                        # the setting itself, no host given
+    cpu = "full (half precision needs a GPU)"
+    assert low.describe(tiny_host)["precision"] == cpu
+    with tiny_host.borrowed(), memory_session(tiny_host, low) as act:
+        active = act.describe()
+    assert active["precision"] == cpu and active["autocast"] is None
+    assert set(active) >= set(low.describe()) == set(low.describe(tiny_host))   # the same keys as before
+    for mode in (PRESETS["fast"], memory_mode("low", precision="fp32"), memory_mode("low", precision="bf16")):
+        with tiny_host.borrowed(), memory_session(tiny_host, mode) as act:
+            assert act.describe()["precision"] == mode.precision          # applies as asked (bf16: CPU autocast)
+    assert precision_label("half", torch.bfloat16, torch.float32) == "half"
+    assert precision_label("half", None, torch.float16).startswith("host (float16 model")
 
 
 def test_loss_scale_skips_overflow_and_unscales():

@@ -6,7 +6,7 @@ rare-token instance prompt (plus, optionally, the same loss on base-model images
 ``prior_weight``), minimised with AdamW. Everything random (batches, noise, timesteps, adapter init) comes from the
 settings' seed, so every training set of one test sees the same randomness.
 
-Memory (``memory=``, see :mod:`protect_core.purify.memory_job`): the fine-tune back-propagates through the UNet, so
+Memory (``memory=``, see :mod:`protect_core.memory_job`): the fine-tune back-propagates through the UNet, so
 ``auto`` sizes it as UNet-backward work on ``batch x resolution^2`` pixels (twice that with prior preservation);
 half precision uses the session's loss scaling (an overflowed step is skipped); out of memory restarts the
 fine-tune from its seed in the next lower mode.
@@ -41,9 +41,11 @@ LIMIT_ADVICE = ("Lower the fine-tune batch size (--batch-size), the generation b
 
 
 def finetune_job(settings: MimicrySettings, images01: torch.Tensor) -> MemoryJob:
-    """The fine-tune's memory need: UNet backward on one batch (plus a prior batch) of training latents."""
-    pixels = min(settings.batch_size, images01.shape[0]) * images01.shape[-2] * images01.shape[-1]
-    return MemoryJob(True, pixels * (2 if settings.prior_preservation else 1))
+    """The fine-tune's memory need: UNet backward on one batch (plus a prior batch) of training latents; the VAE
+    encodes images of their own size (``resolution`` squared in the mimicry test)."""
+    image = images01.shape[-2] * images01.shape[-1]
+    pixels = min(settings.batch_size, images01.shape[0]) * image
+    return MemoryJob(True, pixels * (2 if settings.prior_preservation else 1), image_pixels=image)
 
 
 def select_targets(host, settings: MimicrySettings) -> list[str]:

@@ -38,9 +38,11 @@ def _chunks(settings: MimicrySettings, n: int) -> list[tuple[int, int]]:
 
 
 def generation_job(settings: MimicrySettings, n: int | None = None) -> MemoryJob:
-    """Generation's memory need: inference on one sample batch (twice the latents with guidance)."""
+    """Generation's memory need: inference on one sample batch (twice the latents with guidance); the VAE decodes
+    images of ``resolution`` squared."""
     batch = min(settings.sample_batch, settings.samples if n is None else n)
-    return MemoryJob(False, batch * settings.resolution ** 2 * (1 if settings.guidance == 1.0 else 2))
+    return MemoryJob(False, batch * settings.resolution ** 2 * (1 if settings.guidance == 1.0 else 2),
+                     image_pixels=settings.resolution ** 2)
 
 
 def generate(host, settings: MimicrySettings, overrides=None, progress: Progress | None = None,

@@ -2,7 +2,7 @@
 
 ``purify(host, images01, chain, seed, progress, memory="auto")`` runs any chain of registered purifiers as one
 step; see :mod:`protect_core.purify.base` for the contract, :mod:`protect_core.purify.methods` for the purifiers
-and :mod:`protect_core.purify.memory_job` for memory modes (shared with the mimicry test).
+and :mod:`protect_core.memory_job` for memory modes (shared with the mimicry test).
 """
 from .base import Purifier, available_purifiers, describe_purifiers, get_purifier, purify, register
 

@@ -9,7 +9,7 @@ purifiers and IMPRESS borrow the host's model through ``host.borrowed()`` and ne
 ``purify(host, images01, chain, seed, progress, memory)`` runs a chain such as ``[("jpeg", {"quality": 75}),
 ("diffpure", {})]`` in order, inside one borrow when any stage needs the model, and returns
 ``(images01, info)`` where ``info`` records each stage's resolved parameters, seconds and own numbers, and the
-memory mode used (:mod:`protect_core.purify.memory_job`: chosen once per call; out of memory reruns the whole chain
+memory mode used (:mod:`protect_core.memory_job`: chosen once per call; out of memory reruns the whole chain
 in the next lower mode).
 """
 from __future__ import annotations
@@ -51,6 +51,14 @@ class Purifier:
     def memory_pixels(self, params: dict, images: torch.Tensor, host) -> int:
         """Image pixels the model sees at once (for the ``auto`` memory choice): the whole batch by default."""
         return int(images[:, 0].numel())
+
+    def memory_image_pixels(self, params: dict, images: torch.Tensor, host) -> int | None:
+        """One image's pixels as the VAE sees it (lets ``auto`` count one VAE tile of a large image in ``low``):
+        the input's H x W for a purifier that sizes its work as whole input images; None (unknown: no such
+        credit) for one that sizes its own work (``memory_pixels`` overridden) and does not say."""
+        if type(self).memory_pixels is not Purifier.memory_pixels:
+            return None
+        return int(images.shape[-2] * images.shape[-1])
 
     def run(self, host, images: torch.Tensor, params: dict, generator: torch.Generator,
             progress: Progress) -> tuple[torch.Tensor, dict]:
@@ -179,7 +187,8 @@ def purify(host, images01: torch.Tensor, chain, seed: int = 0, progress: Progres
         return out, records
 
     if uses_host:
-        jobs = [MemoryJob(False, p.memory_pixels(params, x, host)) for p, params in resolved if p.needs_host]
+        jobs = [MemoryJob(False, p.memory_pixels(params, x, host), image_pixels=p.memory_image_pixels(params, x, host))
+                for p, params in resolved if p.needs_host]
         names = ",".join(p.name for p, _ in resolved)
         work = f"purifying {x.shape[0]} image(s) of {x.shape[-1]}x{x.shape[-2]} px ({names})"
         (out, records), mem = run_in_memory_mode(host, memory, run_chain, jobs, work=work, advice=LIMIT_ADVICE,
