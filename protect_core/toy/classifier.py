@@ -109,9 +109,9 @@ def train_classifier(steps: int, size: int = 32, per_style: int = 8, lr: float =
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
-            history.append({"step": step, "loss": round(float(loss), 5)})
+            history.append({"step": step, "loss": round(float(loss.detach()), 5)})
             if log:
-                log(f"classifier step {step}/{steps} loss {float(loss):.4f}")
+                log(f"classifier step {step}/{steps} loss {float(loss.detach()):.4f}")
     return net.cpu().eval(), history
 
 

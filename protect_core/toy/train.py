@@ -159,8 +159,9 @@ def train_unet(pool, scale: float, tokenizer, steps: int, size: int, batch: int,
             for k, v in mod.state_dict().items():
                 ema[k].lerp_(v.detach(), 1 - d) if v.is_floating_point() else ema[k].copy_(v)
         if step % 100 == 0 or step == steps - 1:
-            history.append({"step": step, "loss": round(float(loss.detach()), 5), "seconds": round(time.time() - t0, 1)})
-            log(f"unet step {step}/{steps} loss {float(loss):.4f} ({time.time() - t0:.0f} s)")
+            value = float(loss.detach())
+            history.append({"step": step, "loss": round(value, 5), "seconds": round(time.time() - t0, 1)})
+            log(f"unet step {step}/{steps} loss {value:.4f} ({time.time() - t0:.0f} s)")
     unet.load_state_dict(ema_u)
     te.load_state_dict(ema_t)
     return unet.eval().requires_grad_(False), te.eval().requires_grad_(False), history
