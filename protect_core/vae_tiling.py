@@ -191,8 +191,8 @@ def run_tiled(fn: Callable, x: torch.Tensor, cells: int | None, in_unit: int, ou
     (B, C', h * out_unit / in_unit, w * out_unit / in_unit). ``x``'s grid has ``H / in_unit`` x ``W / in_unit``
     cells; tiles are ``cells`` cells per side (None, or a grid that fits: plainly ``fn(x)``), overlapping by
     ``overlap`` cells (default :func:`overlap_cells`). GroupNorm statistics: ``"image"`` the whole image's (merged
-    from a first pass over the tiles), ``"tile"`` each tile's own. Differentiable; ``checkpoint_tiles`` recomputes each tile
-    in backward instead of keeping its activations."""
+    from a first pass over the tiles), ``"tile"`` each tile's own. Differentiable; ``checkpoint_tiles`` recomputes
+    each tile in backward instead of keeping its activations."""
     if norm_stats not in ("image", "tile"):
         raise ValueError(f"norm_stats must be 'image' or 'tile', got {norm_stats!r}")
     gh, gw = x.shape[-2] // in_unit, x.shape[-1] // in_unit
