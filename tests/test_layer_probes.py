@@ -12,9 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import layer_probes as lp  # noqa: E402
+from layer_fixtures import CP, SP  # noqa: E402
 from protect_core.sampling import txt2img  # noqa: E402
-
-SP, CP = "a painting in sks style", "a painting"
 
 
 def _contexts(host):

@@ -9,17 +9,13 @@ import pytest
 import torch
 
 from protect_core.errors import Cancelled, ModelError, StyleCloakError
-from protect_core.layers import AnalysisSettings, LayerSelection, analyse_layers
+from protect_core.layers import LayerSelection, analyse_layers
 from protect_core.layers.analysis import (average_ranks, effective_weight, final_scores, record_attn2,
                                          relative_change, spearman)
 from protect_core.progress import CancelToken, Progress
 
-SP, CP = "a painting in sks style", "a painting"
+from layer_fixtures import CP, SP, fast, smooth_images
 
-
-def fast(**kw) -> AnalysisSettings:
-    base = dict(style_prompt=SP, content_prompt=CP, size=32, timesteps=(200, 800), seeds=1, batch_size=4)
-    return AnalysisSettings(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +23,7 @@ def baseline():
     """One analysis of a fresh seed-0 tiny model on 3 images, shared by the tests that only read it."""
     from protect_core.tiny_models import build_tiny_host
 
-    g = torch.Generator().manual_seed(1)
-    images = torch.nn.functional.interpolate(torch.rand(3, 3, 5, 5, generator=g), size=(32, 32), mode="bilinear")
+    images = smooth_images()
     return images, analyse_layers(build_tiny_host("tiny", seed=0), images, fast())
 
 

@@ -8,23 +8,18 @@ import pytest
 import torch
 
 from protect_core.errors import Cancelled, ModelError
-from protect_core.layers import AnalysisSettings, analyse_layers
+from protect_core.layers import analyse_layers
 from protect_core.layers.analysis import final_scores
 from protect_core.layers.causal import ablation_effects, score_base, text_swapped
 from protect_core.progress import CancelToken, Progress
 
-SP, CP = "a painting in sks style", "a painting"
+from layer_fixtures import CP, SP, fast, smooth_images
 
-
-def fast(**kw) -> AnalysisSettings:
-    base = dict(style_prompt=SP, content_prompt=CP, size=32, timesteps=(200, 800), seeds=1, batch_size=4)
-    return AnalysisSettings(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def images():
-    g = torch.Generator().manual_seed(1)
-    return torch.nn.functional.interpolate(torch.rand(3, 3, 5, 5, generator=g), size=(32, 32), mode="bilinear")
+    return smooth_images()
 
 
 def _layer(host, name):
