@@ -96,11 +96,53 @@ def test_ui_workflow_file_matches_its_definition(pack, name):
     want = {(v[0], v[1], nid, k) for nid, (_, ins) in nodes.items() for k, v in ins.items() if isinstance(v, tuple)}
     assert got == want
     for nid, (ctype, ins) in nodes.items():
-        if ctype in PACK_IDS:
-            schema = pack.by_id[ctype].define_schema()
-            widgets = [i for i in schema.inputs if i.io_type in WIDGETS]
-            ordered = [i for i in widgets if not i.optional] + [i for i in widgets if i.optional]
-            assert by_id[nid]["widgets_values"] == [ins.get(i.id, i.default) for i in ordered], nid
+        assert by_id[nid]["widgets_values"] == _frontend_widgets_values(pack, ctype, ins), f"node {nid} ({ctype})"
+
+
+#: What ComfyUI's front end (comfyui-frontend-package 1.35.9 .. 1.58) serialises for the core nodes the examples
+#: use, read from its node widgets in a real browser (tests/test_comfyui_browser.py checks it there): LoadImage's
+#: upload button saves the string "image" after the file name.
+CORE_WIDGETS = {"CheckpointLoaderSimple": ["ckpt_name"], "LoadImage": ["image", ("upload", "image")],
+                "SaveImage": ["filename_prefix"], "PreviewImage": []}
+
+
+def _frontend_widgets_values(pack, ctype, ins) -> list:
+    """The node's ``widgets_values`` the way the front end saves them: a value per widget input (required inputs,
+    then optional ones, in schema order) and, right after every INT input named ``seed`` / ``noise_seed`` or asking
+    for one, the hidden "control after generate" combo's value ("fixed": a reproducible example)."""
+    if ctype in CORE_WIDGETS:
+        return [w[1] if isinstance(w, tuple) else ins[w] for w in CORE_WIDGETS[ctype]]
+    schema = pack.by_id[ctype].define_schema()
+    widgets = [i for i in schema.inputs if i.io_type in WIDGETS]
+    out = []
+    for i in [i for i in widgets if not i.optional] + [i for i in widgets if i.optional]:
+        out.append(ins.get(i.id, i.default))
+        if i.io_type == "INT" and (i.id in ("seed", "noise_seed") or getattr(i, "control_after_generate", None)):
+            out.append("fixed")
+    return out
+
+
+@pytest.mark.parametrize("name", list(DEFS.WORKFLOWS))
+def test_ui_workflow_values_line_up_with_widgets_after_seed(pack, name):
+    """The bug a real browser showed: without the control-after-generate value every widget after ``seed`` took its
+    neighbour's value. Each pack node's saved values, read back in widget order, give each input its own value."""
+    ui = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    for node in ui["nodes"]:
+        if node["type"] not in PACK_IDS:
+            continue
+        schema = pack.by_id[node["type"]].define_schema()
+        widgets = [i for i in schema.inputs if i.io_type in WIDGETS]
+        values = iter(node["widgets_values"])
+        for i in [i for i in widgets if not i.optional] + [i for i in widgets if i.optional]:
+            value = next(values)
+            check = dict(WIDGETS, COMBO=str)[i.io_type]
+            assert isinstance(value, check) and not (i.io_type in ("INT", "FLOAT") and isinstance(value, bool)), \
+                f"node {node['id']}.{i.id}: {value!r} is not {i.io_type}"
+            if i.io_type == "COMBO":
+                assert value in i.options, f"node {node['id']}.{i.id}: {value!r} not among its options"
+            if i.id == "seed":
+                assert next(values) in ("fixed", "increment", "decrement", "randomize"), node["id"]
+        assert next(values, None) is None, f"node {node['id']}: more values than widgets"
 
 
 # ------------------------------------------------------------------------------------------------ thumbnails

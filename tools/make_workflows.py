@@ -19,6 +19,37 @@ from definitions import WORKFLOWS  # noqa: E402
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
+#: The front end (comfyui-frontend-package 1.35.9 and later) adds a hidden "control after generate" combo widget right
+#: after every INT or COMBO widget whose spec asks for one and after every INT named "seed" or "noise_seed", and it
+#: serialises that widget's value into ``widgets_values``; a saved file without it shifts every later value by one.
+CONTROL_NAMES = {"seed", "noise_seed"}
+#: The value saved for it: "fixed" (same seed, same cloak; the front end would otherwise default to "randomize").
+CONTROL_VALUE = "fixed"
+
+
+def has_control_widget(name: str, typ: str, opts: dict) -> bool:
+    """Whether the front end puts a "control after generate" widget after this widget input."""
+    if typ not in ("INT", "COMBO"):
+        return False
+    return bool(opts.get("control_after_generate")) or (typ == "INT" and name in CONTROL_NAMES)
+
+
+def frontend_widgets_values(inputs: dict, object_info_entry: dict) -> list:
+    """``widgets_values`` of a node as the front end serialises it: one value per widget input (required, then
+    optional, in the spec's order; a linked input keeps its widget), the control-after-generate value after each
+    seed, and the upload widget's value after an ``image_upload`` combo (LoadImage: ``[file, "image"]``)."""
+    values = []
+    for name, typ, opts in _spec_inputs(object_info_entry):
+        if typ not in WIDGET_TYPES:
+            continue
+        value = inputs.get(name)
+        values.append(opts.get("default") if value is None or isinstance(value, tuple) else value)
+        if has_control_widget(name, typ, opts):
+            values.append(CONTROL_VALUE)
+        if opts.get("image_upload"):
+            values.append("image")
+    return values
+
 
 def _spec_inputs(info: dict) -> list[tuple[str, str, dict]]:
     out = []
@@ -45,7 +76,8 @@ def ui_format(name: str, object_info: dict) -> dict:
     for k, node_id in enumerate(order):
         class_type, inputs = nodes_def[node_id]
         info = object_info[class_type]
-        ui_inputs, widgets = [], []
+        ui_inputs = []
+        widgets = frontend_widgets_values(inputs, info)
         for in_name, typ, opts in _spec_inputs(info):
             value = inputs.get(in_name)
             if isinstance(value, tuple):
@@ -56,9 +88,7 @@ def ui_format(name: str, object_info: dict) -> dict:
                 out_links[(src, slot)].append(link_id)
                 ui_inputs.append({"name": in_name, "type": typ, "link": link_id})
             elif typ in WIDGET_TYPES:
-                widgets.append(opts.get("default") if value is None else value)
-                if opts.get("control_after_generate"):
-                    widgets.append("fixed")
+                pass
             elif in_name in inputs or in_name not in dict.fromkeys(info["input"].get("optional", {})):
                 ui_inputs.append({"name": in_name, "type": typ, "link": None})
         pending.append((node_id, class_type, info, ui_inputs, widgets, k))
@@ -76,9 +106,13 @@ def ui_format(name: str, object_info: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server", default="http://127.0.0.1:8188")
+    ap.add_argument("--object-info", type=Path, help="read a saved /object_info JSON instead of asking a server")
     args = ap.parse_args()
-    with urllib.request.urlopen(f"{args.server}/object_info", timeout=30) as r:
-        object_info = json.load(r)
+    if args.object_info:
+        object_info = json.loads(args.object_info.read_text())
+    else:
+        with urllib.request.urlopen(f"{args.server}/object_info", timeout=30) as r:
+            object_info = json.load(r)
     for name in WORKFLOWS:
         path = ROOT / "example_workflows" / f"{name}.json"
         path.write_text(json.dumps(ui_format(name, object_info), indent=1) + "\n")
