@@ -34,6 +34,36 @@ def has_control_widget(name: str, typ: str, opts: dict) -> bool:
     return bool(opts.get("control_after_generate")) or (typ == "INT" and name in CONTROL_NAMES)
 
 
+#: Height and width of the DOM widget web/stylecloak.js gives each pack node from its creation (WIDGET_LAYOUT there).
+DOM_WIDGETS = {"StyleCloak_CloakImage": (300, 320), "StyleCloak_ProtectionReport": (300, 320),
+               "StyleCloak_MimicryTest": (300, 760), "StyleCloak_Purify": (40, 320)}
+#: Room a node's result takes (LoadImage / PreviewImage / SaveImage show their images under the widgets).
+IMAGE_ROOM = {"LoadImage": 220, "PreviewImage": 240, "SaveImage": 240}
+GAP = 60
+
+
+def node_size(class_type: str, info: dict, widget_count: int) -> list[int]:
+    """A node size that holds its sockets, widgets and result (the front end's layout: 30 px title, 20 px per slot
+    row, 24 px per widget), rounded up so the saved layout never overlaps once results are shown."""
+    sockets = sum(1 for _, typ, _ in _spec_inputs(info) if typ not in WIDGET_TYPES)
+    rows = max(sockets, len(info["output"]))
+    dom_h, dom_w = DOM_WIDGETS.get(class_type, (0, 320))
+    height = 30 + 20 * rows + 24 * widget_count + 16 + dom_h + IMAGE_ROOM.get(class_type, 0)
+    return [max(320, dom_w), int(-(-height // 10) * 10)]
+
+
+def layout(sizes: dict[str, list[int]], order: list[str], per_row: int = 4) -> dict[str, list[int]]:
+    """Positions in rows of ``per_row`` nodes, each row below the tallest node of the one above (no overlap)."""
+    pos, y = {}, 60
+    for start in range(0, len(order), per_row):
+        row, x = order[start:start + per_row], 60
+        for nid in row:
+            pos[nid] = [x, y]
+            x += sizes[nid][0] + GAP
+        y += max(sizes[nid][1] for nid in row) + GAP + 30
+    return pos
+
+
 def frontend_widgets_values(inputs: dict, object_info_entry: dict) -> list:
     """``widgets_values`` of a node as the front end serialises it: one value per widget input (required, then
     optional, in the spec's order; a linked input keeps its widget), the control-after-generate value after each
@@ -92,11 +122,13 @@ def ui_format(name: str, object_info: dict) -> dict:
             elif in_name in inputs or in_name not in dict.fromkeys(info["input"].get("optional", {})):
                 ui_inputs.append({"name": in_name, "type": typ, "link": None})
         pending.append((node_id, class_type, info, ui_inputs, widgets, k))
+    sizes = {nid: node_size(ct, info, len(w)) for nid, ct, info, _, w, _ in pending}
+    positions = layout(sizes, order)
     for node_id, class_type, info, ui_inputs, widgets, k in pending:
         outputs = [{"name": n, "type": t, "slot_index": i, "links": out_links.get((node_id, i), [])}
                    for i, (n, t) in enumerate(zip(info["output_name"], info["output"]))]
-        nodes.append({"id": int(node_id), "type": class_type, "pos": [60 + 360 * (k % 4), 60 + 420 * (k // 4)],
-                      "size": [320, 260], "flags": {}, "order": k, "mode": 0, "inputs": ui_inputs,
+        nodes.append({"id": int(node_id), "type": class_type, "pos": positions[node_id],
+                      "size": sizes[node_id], "flags": {}, "order": k, "mode": 0, "inputs": ui_inputs,
                       "outputs": outputs, "properties": {"Node name for S&R": class_type},
                       "widgets_values": widgets, "title": info.get("display_name") or class_type})
     return {"last_node_id": max(int(i) for i in order), "last_link_id": link_id, "nodes": nodes, "links": links,

@@ -12,7 +12,6 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const COMPARE_NODES = new Set(["StyleCloak_CloakImage", "StyleCloak_ProtectionReport"]);
 const MIMICRY_NODE = "StyleCloak_MimicryTest";
 const PURIFY_NODE = "StyleCloak_Purify";
 
@@ -38,7 +37,8 @@ const CSS = `
 .stylecloak-verdict { font-weight: bold; padding: 2px 4px; border-radius: 3px; }
 .stylecloak-good { background: rgba(60,160,90,.35); } .stylecloak-mid { background: rgba(220,160,40,.35); }
 .stylecloak-bad { background: rgba(210,70,60,.35); } .stylecloak-none { background: rgba(128,128,128,.3); }
-.stylecloak-memory { opacity: .85; padding: 0 4px; border-radius: 3px; }
+.stylecloak-memory { opacity: .85; padding: 0 4px; border-radius: 3px; overflow-wrap: anywhere; }
+.stylecloak-empty { opacity: .6; font-style: italic; padding: 4px; }
 `;
 
 function addStyle() {
@@ -130,34 +130,72 @@ function memoryElement(record, asked) {
   return line;
 }
 
-// Attach (once) a DOM widget to the node; returns the widget's root element.
-function ensureWidget(node, name, minHeight) {
+// Height (px) and node width each pack widget is given when its node is created, so that the node's default size
+// already holds the result and a run does not grow it over its neighbours (example_workflows/ leaves room for it).
+export const WIDGET_LAYOUT = {
+  stylecloak_compare: { height: 300, width: 320, empty: "run the node to compare before / after" },
+  stylecloak_report: { height: 300, width: 760, empty: "run the node to see the Mimicry Test report" },
+  stylecloak_memory: { height: 40, width: 320, empty: "" },
+};
+
+// Attach (once) a DOM widget to the node; returns the widget (its root element is widget.stylecloakRoot).
+function ensureWidget(node, name) {
   let widget = node.widgets?.find((w) => w.name === name);
   if (!widget) {
+    const layout = WIDGET_LAYOUT[name];
     const root = el("div", "stylecloak-box");
+    if (layout.empty) root.append(el("div", "stylecloak-empty", layout.empty));
     widget = node.addDOMWidget(name, "stylecloak", root, {
-      serialize: false, hideOnZoom: false, getMinHeight: () => widget?.stylecloakHeight ?? minHeight,
+      serialize: false, hideOnZoom: false, getMinHeight: () => widget?.stylecloakHeight ?? layout.height,
+      getMaxHeight: () => widget?.stylecloakHeight ?? layout.height,
     });
     widget.serialize = false;
     widget.stylecloakRoot = root;
+    widget.stylecloakHeight = layout.height;
+    fitNode(node, layout.width);
   }
-  widget.stylecloakHeight = minHeight;
   return widget;
 }
 
+// Make the node at least as large as its widgets need (never smaller than it is).
 function fitNode(node, minWidth) {
   try {
     const size = node.computeSize();
-    node.setSize([Math.max(node.size[0], size[0], minWidth), Math.max(node.size[1], size[1])]);
+    const want = [Math.max(node.size[0], size[0], minWidth), Math.max(node.size[1], size[1])];
+    if (want[0] !== node.size[0] || want[1] !== node.size[1]) node.setSize(want);
     node.setDirtyCanvas?.(true, true);
   } catch (e) { /* sizing is cosmetic */ }
+}
+
+// After the content is drawn: if it needs more height than the widget has, give the widget (and node) that height.
+function growToContent(node, widget, minWidth) {
+  const measure = () => {
+    const root = widget.stylecloakRoot;
+    if (!root?.isConnected) return;
+    const need = Math.ceil(Math.max(...[...root.children].map((c) => c.scrollHeight + 8), 0));
+    if (need > widget.stylecloakHeight) {
+      widget.stylecloakHeight = need;
+      fitNode(node, minWidth);
+    }
+  };
+  requestAnimationFrame?.(() => requestAnimationFrame(measure));
+}
+
+// The node's last result is kept in its properties (saved with the workflow), so that the widget is shown again on
+// a cached re-run and when a saved workflow is reopened.
+function remember(node, key, message) {
+  try {
+    node.properties = node.properties || {};
+    node.properties[key] = JSON.parse(JSON.stringify(message));
+  } catch (e) { /* not JSON: nothing to keep */ }
 }
 
 // ------------------------------------------------------------------------------------------- before / after
 function showCompare(node, pairs, asked) {
   pairs = (Array.isArray(pairs) ? pairs : []).filter((p) => viewUrl(p?.clean) && viewUrl(p?.protected));
   if (!pairs.length) return;
-  const root = ensureWidget(node, "stylecloak_compare", 260).stylecloakRoot;
+  const widget = ensureWidget(node, "stylecloak_compare");
+  const root = widget.stylecloakRoot;
   root.replaceChildren();
   const stage = el("div", "stylecloak-stage");
   const after = el("img"), before = el("img"), line = el("div", "stylecloak-line");
@@ -203,7 +241,7 @@ function showCompare(node, pairs, asked) {
   next.addEventListener("click", () => show(index + 1));
   setSplit(50);
   show(0);
-  fitNode(node, 280);
+  fitNode(node, WIDGET_LAYOUT.stylecloak_compare.width);
 }
 
 // ------------------------------------------------------------------------------------------- mimicry report
@@ -231,7 +269,7 @@ export function reportRows(report) {
 function showReport(node, report, asked) {
   if (!report || typeof report !== "object") return;
   const rows = reportRows(report);
-  const widget = ensureWidget(node, "stylecloak_report", 90 + 22 * rows.length);
+  const widget = ensureWidget(node, "stylecloak_report");
   const root = widget.stylecloakRoot;
   root.replaceChildren();
   const box = el("div", "stylecloak-report");
@@ -261,7 +299,8 @@ function showReport(node, report, asked) {
   });
   box.append(copy);
   root.append(box);
-  fitNode(node, 560);
+  fitNode(node, WIDGET_LAYOUT.stylecloak_report.width);
+  growToContent(node, widget, WIDGET_LAYOUT.stylecloak_report.width);
 }
 
 // ------------------------------------------------------------------------------------------- purify
@@ -269,8 +308,10 @@ function showMemory(node, payload) {
   if (!isRecord(payload)) return;
   const line = memoryElement(payload.ran, payload.asked);
   if (!line) return;
-  ensureWidget(node, "stylecloak_memory", 28).stylecloakRoot.replaceChildren(line);
-  fitNode(node, 220);
+  const widget = ensureWidget(node, "stylecloak_memory");
+  widget.stylecloakRoot.replaceChildren(line);
+  fitNode(node, WIDGET_LAYOUT.stylecloak_memory.width);
+  growToContent(node, widget, WIDGET_LAYOUT.stylecloak_memory.width);
 }
 
 // ------------------------------------------------------------------------------------------- registration
@@ -280,32 +321,70 @@ function askedMode(message) {
   return isRecord(payload) ? payload.asked : undefined;
 }
 
-function hookExecuted(nodeType, handler) {
-  const original = nodeType.prototype.onExecuted;
-  nodeType.prototype.onExecuted = function (message) {
-    const result = original?.apply(this, arguments);
-    try {
+// Per node type: its widget and how a UI message fills it.
+const HANDLERS = {
+  StyleCloak_CloakImage: ["stylecloak_compare", (node, m) => showCompare(node, m.stylecloak_compare, askedMode(m))],
+  StyleCloak_ProtectionReport: ["stylecloak_compare",
+    (node, m) => showCompare(node, m.stylecloak_compare, askedMode(m))],
+  [MIMICRY_NODE]: ["stylecloak_report", (node, m) => showReport(node, m.stylecloak_mimicry?.[0], askedMode(m))],
+  [PURIFY_NODE]: ["stylecloak_memory", (node, m) => showMemory(node, m.stylecloak_memory?.[0])],
+};
+const LAST = "stylecloak_last_output";
+
+function safely(fn) {
+  try {
+    fn();
+  } catch (e) {
+    console.warn("[StyleCloak] could not show the node's result", e);
+  }
+}
+
+function hookNode(nodeType, widgetName, handler) {
+  const proto = nodeType.prototype;
+  const created = proto.onNodeCreated;
+  proto.onNodeCreated = function () {
+    const result = created?.apply(this, arguments);
+    if (widgetName !== "stylecloak_memory") safely(() => ensureWidget(this, widgetName));  // room from the start
+    return result;
+  };
+  const executed = proto.onExecuted;
+  proto.onExecuted = function (message) {
+    const result = executed?.apply(this, arguments);
+    safely(() => {
       handler(this, message || {});
-    } catch (e) {
-      console.warn("[StyleCloak] could not show the node's result", e);
-    }
+      remember(this, LAST, message || {});
+    });
+    return result;
+  };
+  const configured = proto.onConfigure;
+  proto.onConfigure = function () {
+    const result = configured?.apply(this, arguments);
+    const last = this.properties?.[LAST];
+    if (last) safely(() => handler(this, last));   // a reopened workflow shows its last result again
     return result;
   };
 }
 
+// A cached re-run (nothing changed) sends no "executed" message for the cached nodes, only "execution_cached" with
+// their ids: show each one's remembered result again.
+export function showCached(graph, nodeIds) {
+  for (const id of Array.isArray(nodeIds) ? nodeIds : []) {
+    const node = graph?.getNodeById?.(Number(id)) ?? graph?.getNodeById?.(id);
+    const entry = node && HANDLERS[node.type];
+    const last = node?.properties?.[LAST];
+    if (entry && last) safely(() => entry[1](node, last));
+  }
+}
+
 app.registerExtension({
   name: "StyleCloak.Frontend",
+  setup() {
+    api.addEventListener?.("execution_cached", (e) => showCached(app.graph, e?.detail?.nodes));
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (COMPARE_NODES.has(nodeData?.name)) {
-      addStyle();
-      hookExecuted(nodeType, (node, message) => showCompare(node, message.stylecloak_compare,
-        askedMode(message)));
-    } else if (nodeData?.name === MIMICRY_NODE) {
-      addStyle();
-      hookExecuted(nodeType, (node, message) => showReport(node, message.stylecloak_mimicry?.[0], askedMode(message)));
-    } else if (nodeData?.name === PURIFY_NODE) {
-      addStyle();
-      hookExecuted(nodeType, (node, message) => showMemory(node, message.stylecloak_memory?.[0]));
-    }
+    const entry = HANDLERS[nodeData?.name];
+    if (!entry) return;
+    addStyle();
+    hookNode(nodeType, ...entry);
   },
 });
