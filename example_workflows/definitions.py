@@ -76,12 +76,12 @@ CPU_TEST_OVERRIDES = {
     "protect_one_image": {"3": {"method": "photoguard", "steps": 2}},
     "protect_folder_and_test_mimicry": {
         "2": {"size": 64}, "3": {"size": 64, "timesteps": "500", "noise_seeds": 1, "top_k": 2},
-        "4": {"steps": 1}, "8": {"steps": 1, "samples": 1, "resolution": 64, "sample_steps": 2,
-                                                       "reference_samples": 1}},
+        "4": {"steps": 1}, "8": {"steps": 1, "samples": 2, "resolution": 64, "sample_steps": 2,
+                                                       "reference_samples": 2}},
     "attack_with_purify_and_retest": {
         "2": {"size": 64}, "3": {"steps": 1, "robust": False},
-        "4": {"params": "{\"iterations\": 2}"}, "7": {"steps": 1, "samples": 1, "resolution": 64, "sample_steps": 2,
-                                                       "reference_samples": 1}},
+        "4": {"params": "{\"iterations\": 2}"}, "7": {"steps": 1, "samples": 2, "resolution": 64, "sample_steps": 2,
+                                                       "reference_samples": 2}},
 }
 
 

@@ -61,9 +61,9 @@ class CloakImage(io.ComfyNode):
         settings = settings_for(m, intensity, seed=seed, robust=robust, target_prompt=target_prompt or None,
                                 steps=steps or None, eps=(eps_255 / 255.0) or None,
                                 layers=layers.names if layers is not None else None)
+        images = comfy_to_list(image, "image")   # too small: one clear line, before any work
         with comfy_errors():
             host = ComfyHost(model, clip, vae)
-            images = comfy_to_list(image)
             results = cloak_images(host, images, settings, make_progress(0, cls.hidden.unique_id),
                                    memory=memory)
         # "memory": the mode asked for; each image's stats["memory"]: the mode that ran, and any fallbacks

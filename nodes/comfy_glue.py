@@ -33,10 +33,21 @@ def memory_input():
                                   "out-of-memory the next lower mode is used automatically.")
 
 
-def comfy_to_list(image: torch.Tensor) -> list[torch.Tensor]:
-    """ComfyUI IMAGE (B, H, W, C) -> list of (3, H, W) float tensors (alpha dropped, greyscale expanded)."""
+#: The smallest side a model-using node accepts (the same limit as the command line's image loader): smaller
+#: images carry no learnable style and only waste the run.
+MIN_IMAGE_SIDE = 16
+
+
+def comfy_to_list(image: torch.Tensor, input_name: str | None = None) -> list[torch.Tensor]:
+    """ComfyUI IMAGE (B, H, W, C) -> list of (3, H, W) float tensors (alpha dropped, greyscale expanded).
+
+    With ``input_name`` (nodes that run the model) images below :data:`MIN_IMAGE_SIDE` px a side are refused with
+    one line naming the input, before any work."""
     if image is None or image.ndim != 4 or image.shape[0] == 0:
-        raise StyleCloakError("expected a non-empty IMAGE batch")
+        raise StyleCloakError(f"expected a non-empty IMAGE batch{f' on {input_name!r}' if input_name else ''}")
+    if input_name is not None and min(image.shape[1], image.shape[2]) < MIN_IMAGE_SIDE:
+        raise StyleCloakError(f"the {input_name!r} images are {image.shape[2]} x {image.shape[1]} px; the model "
+                              f"needs at least {MIN_IMAGE_SIDE} px a side (use larger images or upscale first)")
     with torch.inference_mode(False):  # nodes run under inference_mode: make ordinary tensors the engine may edit
         x = image.detach().float().cpu().clone()
         if x.shape[-1] == 1:
@@ -91,6 +102,19 @@ def comfy_errors():
         import comfy.model_management as mm
 
         raise mm.InterruptProcessingException()
+
+
+def parse_json_input(text: str, input_name: str, kind=None):
+    """The JSON in a STRING input, or a ValueError naming the input, the position and the problem."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the {input_name!r} input is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} "
+                         f"(got {text.strip()[:80]!r})") from None
+    if kind is not None and not isinstance(value, kind):
+        want = {dict: "an object like {\"strength\": 0.1}", list: "a list like [[\"jpeg\", {}]]"}[kind]
+        raise ValueError(f"the {input_name!r} input must be {want}, got {type(value).__name__}")
+    return value
 
 
 def to_json(data) -> str:

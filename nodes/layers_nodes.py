@@ -56,7 +56,7 @@ class SelectStyleLayers(io.ComfyNode):
                                     seeds=noise_seeds, seed=seed, size=size, score=score)
         with comfy_errors():
             host = ComfyHost(model, clip, vae)
-            analysis = analyse_layers(host, comfy_to_list(images), settings,
+            analysis = analyse_layers(host, comfy_to_list(images, "images"), settings,
                                       progress=make_progress(0, cls.hidden.unique_id))
         selection = LayerSelection.from_analysis(analysis, top_k)
         heat = render_heatmap(selection.table, selection.timesteps, selection.layers)

@@ -12,6 +12,12 @@ from .comfy_host import ComfyHost
 from .types import LayerSelectionType
 
 
+#: Generated images per condition below which the test's standard errors do not exist (one image: 0.0) ...
+MIN_SAMPLES = 2
+#: ... and the count from which its statistics start to mean something (the node's default).
+GOOD_SAMPLES = 8
+
+
 class MimicryTest(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -62,19 +68,25 @@ class MimicryTest(io.ComfyNode):
     def execute(cls, clean, train, train_name, model, clip, vae, method, steps, rank, lr, samples, resolution,
                 seed, train_2=None, train_2_name="purified", train_3=None, train_3_name="set3",
                 layers=None, sample_steps=25, reference_samples=8, memory="auto") -> io.NodeOutput:
-        sets = {train_name or "train": comfy_to_list(train)}
+        if samples < MIN_SAMPLES or reference_samples < MIN_SAMPLES:
+            raise ValueError(f"Mimicry Test: samples = {samples} and reference_samples = {reference_samples}; each "
+                             f"needs at least {MIN_SAMPLES} for a standard error at all, and {GOOD_SAMPLES} or more "
+                             f"for the verdict to mean something (differences under about 2 standard errors are "
+                             f"noise)")
+        clean_list = comfy_to_list(clean, "clean")
+        sets = {train_name or "train": comfy_to_list(train, "train")}
         for img, name in ((train_2, train_2_name), (train_3, train_3_name)):
             if img is not None:
                 if name in sets:
                     raise ValueError(f"two training sets are both named {name!r}")
-                sets[name] = comfy_to_list(img)
+                sets[name] = comfy_to_list(img, name)
         settings = MimicrySettings(method=method, steps=steps, rank=rank, lr=lr or None, samples=samples,
                                    resolution=resolution, seed=seed, sample_steps=sample_steps,
                                    reference_samples=reference_samples,
                                    layers=layers.names if layers is not None else None)
         with comfy_errors():
             host = ComfyHost(model, clip, vae)
-            report = run_mimicry_test(host, comfy_to_list(clean), sets, settings,
+            report = run_mimicry_test(host, clean_list, sets, settings,
                                       make_progress(0, cls.hidden.unique_id), memory=memory)
         data = report.to_dict()
         return io.NodeOutput(pil_to_comfy(report.card()), to_json(data),

@@ -1,14 +1,13 @@
 """ComfyUI node of the Purify block: run one purifier or a chain of them on images (the attacker's side)."""
 from __future__ import annotations
 
-import json
 
 from comfy_api.latest import io
 
 from protect_core.purify.base import available_purifiers, get_purifier, normalise_chain, purify
 
 from .comfy_glue import (comfy_errors, comfy_to_list, json_safe, list_to_comfy, make_progress, memory_input,
-                         to_json)
+                         parse_json_input, to_json)
 from .comfy_host import ComfyHost
 
 
@@ -46,8 +45,11 @@ class Purify(io.ComfyNode):
                 memory="auto") -> io.NodeOutput:
         import torch
 
-        stages = parse_chain(chain) if chain.strip() else [(method, json.loads(params) if params.strip() else {})]
+        stages = parse_chain(chain) if chain.strip() else \
+            [(method, parse_json_input(params, "params", dict) if params.strip() else {})]
         needs_host = any(get_purifier(name).needs_host for name, _ in normalise_chain(stages))
+        if needs_host:
+            comfy_to_list(image, "image")   # too small for the model: one clear line, before any work
         with comfy_errors():
             host = None
             if needs_host:
@@ -64,6 +66,6 @@ class Purify(io.ComfyNode):
 def parse_chain(text: str):
     """'a,b' or a JSON list of [name, params] pairs -> a chain for protect_core.purify.purify."""
     text = text.strip()
-    if text.startswith("["):
-        return json.loads(text)
+    if text.startswith(("[", "{")):
+        return parse_json_input(text, "chain", list)
     return [(name.strip(), {}) for name in text.split(",") if name.strip()]

@@ -316,7 +316,7 @@ def mimicry_run(pack):
     clean = _smooth(2, 64, seed=3).contiguous()
     with torch.inference_mode():   # few sampling steps and reference images, for speed; memory left out: auto
         out = pack.by_id["StyleCloak_MimicryTest"].execute(clean, clean.flip(1).contiguous(), "cloaked", model, clip,
-                                                           vae, "lora", 2, 4, 0.0, 1, 64, 0, sample_steps=3,
+                                                           vae, "lora", 2, 4, 0.0, 2, 64, 0, sample_steps=3,
                                                            reference_samples=2)
     return out, before, fingerprint(host.host_modules())
 
