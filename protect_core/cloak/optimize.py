@@ -142,7 +142,13 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
         robust_gen = torch.Generator().manual_seed(int(settings.seed) + 7919)
         progress.check()
         method.cancel_check = progress.check  # long prepare() loops may call it (raises Cancelled)
+        # a method whose prepare() does real work (an img2img target, a surrogate fine-tune, a learned pattern)
+        # says how many steps it takes and reports each one, so the bar moves during that phase too
+        extra = int(method.prepare_steps(settings)) if hasattr(method, "prepare_steps") else 0
+        progress.add_total(max(extra, 0))
+        method.prepare_progress = progress if extra > 0 else None
         method.prepare(host, clean, settings, gen)
+        method.prepare_progress = None
         progress.check()
         before = _objective(method, host, clean, int(settings.seed))
         lo, hi = box_bounds(clean, eps, channel_tied)

@@ -234,6 +234,14 @@ class SurrogateAttack(CloakMethod):
         if check is not None:
             check()
 
+    def _prepare_step(self, **info) -> None:
+        """One step of the work prepare() declared in ``prepare_steps`` (moves the bar; raises Cancelled)."""
+        progress = getattr(self, "prepare_progress", None)
+        if progress is not None:
+            progress.step(**info)
+        else:
+            self._check()
+
 
 def repeat_draws(z: torch.Tensor, samples: int) -> torch.Tensor:
     """``samples`` copies of the batch, so each row gets its own (t, noise) draw."""

@@ -28,6 +28,10 @@ class FSMG(SurrogateAttack):
                             "t_range": None}}
     joint = True
 
+    def prepare_steps(self, settings) -> int:
+        """The surrogate fine-tune's steps (done in prepare, reported to the progress bar)."""
+        return option_int(settings.options, "surrogate_steps")
+
     def setup(self, host, images, settings, generator):
         steps = option_int(self.opts, "surrogate_steps")
         batch = option_int(self.opts, "train_batch", 1)
@@ -39,6 +43,7 @@ class FSMG(SurrogateAttack):
         for _ in range(steps):
             self._check()
             trainer.step(host, z, self.cond, generator, batch, self.t_range)
+            self._prepare_step(phase="surrogate", loss=trainer.losses[-1] if trainer.losses else None)
         for w in self.surrogate.parameters():
             w.requires_grad_(False)
         self.info.update(subset=self.opts["subset"], trained_weights=len(targets),

@@ -38,13 +38,19 @@ class Glaze(CloakMethod):
     uses_unet = True  # only to make the target (img2img); the optimisation itself is encoder-only
     default_tile = 1024
 
+    def prepare_steps(self, settings) -> int:
+        """The img2img target's DDIM steps (as protect_core.diffusion.ddim_timesteps keeps them for ``strength``)."""
+        n, strength = int(settings.options["target_steps"]), float(settings.options["strength"])
+        return max(1, min(n, int(round(n * strength))))
+
     def prepare(self, host, images, settings, generator):
         opts = settings.options
         prompt = settings.target_prompt or DEFAULT_TARGET
         with torch.no_grad():
             self.target_image = img2img(host, images, prompt, strength=float(opts["strength"]),
                                         steps=int(opts["target_steps"]), guidance=float(opts["guidance"]),
-                                        seed=int(settings.seed))
+                                        seed=int(settings.seed),
+                                        progress=getattr(self, "prepare_progress", None))
             self.target = host.encode(self.target_image * 2 - 1).detach()
 
     def loss(self, host, x, step, generator):

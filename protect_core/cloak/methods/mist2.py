@@ -36,6 +36,10 @@ class Mist2(SurrogateAttack):
                             "pattern_seed": 0, "t_range": None}}
     joint = True
 
+    def prepare_steps(self, settings) -> int:
+        """The LoRA surrogate's first round (trained in prepare, reported to the progress bar)."""
+        return option_int(settings.options, "lora_steps")
+
     def setup(self, host, images, settings, generator):
         self.lora_steps = option_int(self.opts, "lora_steps")
         self.pgd_steps = option_int(self.opts, "pgd_steps", 1)
@@ -57,6 +61,7 @@ class Mist2(SurrogateAttack):
         for _ in range(self.lora_steps):
             self._check()
             self.trainer.step(host, z, self.cond, generator, self.train_batch, self.t_range)
+            self._prepare_step(phase="surrogate")   # the first round only: later rounds run inside a step
         self.info["rounds"] += 1
 
     def attack_overrides(self):

@@ -40,6 +40,10 @@ class PAG(CloakMethod):
     joint = True
     uses_unet = True
 
+    def prepare_steps(self, settings) -> int:
+        """The learned pattern's steps (done in prepare, reported to the progress bar)."""
+        return int(settings.options["pattern_steps"])
+
     def prepare(self, host, images, settings, generator):
         opts = settings.options
         bound, step = float(opts["pattern_bound"]), float(opts["pattern_step"])
@@ -60,6 +64,9 @@ class PAG(CloakMethod):
             with torch.no_grad():
                 pattern = (pattern + step * grad.sign()).clamp(-bound, bound)
             self.pattern_losses.append(float(loss.detach()))
+            progress = getattr(self, "prepare_progress", None)
+            if progress is not None:
+                progress.step(phase="pattern", loss=self.pattern_losses[-1])
         self.pattern = pattern.detach()
         self.target = self.clean_latents + self.pattern
 
