@@ -226,17 +226,32 @@ def _no_overlap(driver, where: str):
             assert a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2], f"{where}: nodes {a[0]} and {b[0]} overlap"
 
 
+JS_ZOOM = """
+const n = app.graph.getNodeById(arguments[0]);
+app.canvas.ds.scale = 1.0;
+app.canvas.ds.offset = [120 - n.pos[0], 110 - n.pos[1]];
+app.canvas.setDirty(true, true);
+app.canvas.draw(true, true);
+"""
+
+
 def _shots(driver, name: str, shown: list, tag: str):
-    OUT.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(OUT / f"{name}_{tag}.png"))
+    """A screenshot of the whole graph, and one of each pack widget's node at 100 % zoom (readable)."""
     from PIL import Image
 
-    full = Image.open(OUT / f"{name}_{tag}.png")
+    OUT.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(OUT / f"{name}_{tag}.png"))
     dpr = driver.execute_script("return window.devicePixelRatio") or 1
-    for s in shown:  # the node around each pack widget
-        n = s["node"]
+    for s in shown:
+        driver.execute_script(JS_ZOOM, s["id"])
+        time.sleep(1)   # the DOM widgets follow the canvas on the next frame
+        (one,) = [x for x in driver.execute_script(JS_DOM, [s["name"]]) if x["id"] == s["id"]]
+        path = OUT / f"{name}_{tag}_node{s['id']}_{s['name']}.png"
+        driver.save_screenshot(str(path))
+        n = one["node"]
         box = [int(max(0, v * dpr)) for v in (n["left"] - 4, n["top"] - 4, n["right"] + 4, n["bottom"] + 4)]
-        full.crop(box).save(OUT / f"{name}_{tag}_node{s['id']}_{s['name']}.png")
+        Image.open(path).crop(box).save(path)
+    driver.execute_script(JS_FIT)
 
 
 @pytest.mark.parametrize("name", list(WORKFLOWS))

@@ -5,12 +5,14 @@ ComfyUI on CPU on a loopback port, queue each example workflow through the HTTP 
 reports; that the host model is unchanged (a KSampler image made before and after StyleCloak's nodes is
 bit-identical); that an interrupt mid-cloak stops within seconds; and that the memory modes checkpoint
 ComfyUI's own modules.
-Python for ComfyUI: $COMFYUI_PYTHON, else $COMFYUI_PATH/.venv/bin/python, else this interpreter.
+Python for ComfyUI: $COMFYUI_PYTHON, else $COMFYUI_PATH/.venv/bin/python, else this interpreter. Extra ComfyUI
+arguments: $COMFYUI_ARGS (e.g. ``--front-end-root DIR`` to try another front end).
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -54,7 +56,8 @@ class Server:
     def __init__(self, root: Path, port: int, log: Path):
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen([_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                      "--disable-auto-launch"], cwd=root, stdout=log.open("w"),
+                                      "--disable-auto-launch", *shlex.split(os.environ.get("COMFYUI_ARGS", ""))],
+                                     cwd=root, stdout=log.open("w"),
                                      stderr=subprocess.STDOUT)
         deadline = time.time() + 240
         while time.time() < deadline:
