@@ -149,13 +149,14 @@ for (const n of app.graph._nodes) {
       const s = getComputedStyle(d);
       if ((s.overflow === 'auto' || s.overflow === 'hidden' || s.overflowY === 'auto') &&
           (d.scrollHeight > d.clientHeight + 2 || d.scrollWidth > d.clientWidth + 2))
-        clipped.push(d.className + ' ' + d.scrollWidth + 'x' + d.scrollHeight + ' in ' + d.clientWidth + 'x' + d.clientHeight);
+        clipped.push(`${d.className} ${d.scrollWidth}x${d.scrollHeight} in ${d.clientWidth}x${d.clientHeight}`);
     }
     out.push({id: n.id, type: n.type, name: w.name, node,
               box: r && {left: r.left, top: r.top, right: r.right, bottom: r.bottom, width: r.width, height: r.height},
               visible: !!el && el.isConnected && getComputedStyle(el).display !== 'none' &&
                        getComputedStyle(el.parentElement || el).display !== 'none',
-              text: el ? el.innerText : '', images: el ? [...el.querySelectorAll('img')].map(i => [i.naturalWidth, i.complete]) : [],
+              text: el ? el.innerText : '',
+              images: el ? [...el.querySelectorAll('img')].map(i => [i.naturalWidth, i.complete]) : [],
               clipped});
   }
 }
@@ -201,7 +202,8 @@ def _wait_idle(comfy, known: set, timeout=1800) -> dict:
 
 def _check_dom_widgets(driver, expected_types: set, where: str) -> list:
     shown = driver.execute_script(JS_DOM, sorted({w for ws in PACK_WIDGETS.values() for w in ws}))
-    assert {s["type"] for s in shown} >= expected_types, f"{where}: widgets missing on {expected_types - {s['type'] for s in shown}}"
+    missing = expected_types - {s["type"] for s in shown}
+    assert not missing, f"{where}: no widget on {missing}"
     for s in shown:
         label = f"{where}: node {s['id']} {s['type']}.{s['name']}"
         assert s["visible"] and s["box"] and s["box"]["height"] > 10 and s["box"]["width"] > 10, label
@@ -223,7 +225,8 @@ def _no_overlap(driver, where: str):
                                   "LiteGraph.NODE_TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1]])")
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
-            assert a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2], f"{where}: nodes {a[0]} and {b[0]} overlap"
+            apart = a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2]
+            assert apart, f"{where}: nodes {a[0]} and {b[0]} overlap"
 
 
 JS_ZOOM = """
