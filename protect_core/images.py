@@ -34,7 +34,7 @@ Policies (what happens to each kind of input, and why):
 * Every load failure raises ``ImageError`` with one message naming the file, the problem and what to do.
 * Writes are atomic: a temporary file in the same folder, fsync, ``os.replace``; on any exception (Ctrl-C
   included) the temporary file is removed and no partial output exists. The input file is never overwritten
-  unless ``overwrite_input=True``.
+  (library callers can allow it with ``save_image(..., overwrite_input=True)``; the command line cannot).
 * Quantisation: ``to_uint8`` (``torch.round(x * 255)``, round half to even) is the exact rounding used for every
   8-bit output, so perturbation budgets measured on ``quantize(x)`` hold for the saved file.
 """
@@ -56,7 +56,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError, features
 
 from .atomic import _atomic_open, atomic_write_bytes, atomic_write_text  # noqa: F401  (public re-exports)
-from .errors import ImageError
+from .errors import ImageError, OutputError
 from .image_tensors import (SizeGroup, pad_to_multiple, quantize, stack_same_size, to_uint8,  # noqa: F401
                             to_uint16, unpad, validate_tensor)  # public re-exports
 from .png16 import _read_png16, _write_png16
@@ -275,8 +275,7 @@ def save_image(path, rgb01: torch.Tensor, like: LoadedImage | None = None, quali
         x = x[0]
     x = x.detach().float().cpu().clamp(0, 1)
     if like is not None and like.path is not None and not overwrite_input and _same_file(p, like.path):
-        raise ImageError(f"refusing to overwrite the input image '{p}'; choose another output path "
-                         "(or pass overwrite_input=True)")
+        raise ImageError(f"refusing to overwrite the input image '{p}'; choose another output path")
     notes: list[str] = []
     grey, bits = bool(like and like.is_grey), 16 if like is not None and like.bits == 16 else 8
     alpha = like.alpha if like is not None else None
@@ -309,8 +308,8 @@ def save_image(path, rgb01: torch.Tensor, like: LoadedImage | None = None, quali
             else:
                 _pil_save(fp, pixels, fmt, icc, dpi, quality, webp_lossless)
     except OSError as e:
-        raise ImageError(f"cannot save image '{p}': {e.strerror or e}; check that the folder can be "
-                         "written to and has free space") from e
+        raise OutputError(f"cannot save image '{p}': {e.strerror or e}; check that the folder can be "
+                          "written to and has free space") from e
     for n in notes:
         log.warning("%s: %s", p, n)
     return notes
@@ -358,26 +357,32 @@ def _same_file(a: Path, b: Path) -> bool:
 # ---------------------------------------------------------------------------------------- listing and batching
 def list_images(paths, recursive: bool = False) -> list[Path]:
     """Image files named by ``paths`` (files and/or folders; hidden files skipped), de-duplicated and sorted."""
+    return sorted(src for src, _ in list_image_keys(paths, recursive))
+
+
+def list_image_keys(paths, recursive: bool = False) -> list[tuple[Path, str]]:
+    """Like :func:`list_images`, each file with its identity: its path relative to the folder it was found in
+    (POSIX form), or its name for a file given directly. Ordered by folder argument, then path."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not items:
         raise ImageError("no input images given; pass image files or folders")
-    found: dict[Path, Path] = {}
+    found: dict[Path, tuple[Path, str]] = {}
     for item in items:
         p = Path(item)
         if not p.exists():
             raise ImageError(f"input '{p}' does not exist; check the path")
         if p.is_dir():
-            for f in (p.rglob("*") if recursive else p.iterdir()):
+            for f in sorted(p.rglob("*") if recursive else p.iterdir()):
                 rel = f.relative_to(p).parts
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith(".") for s in rel):
-                    found.setdefault(f.resolve(), f)
+                    found.setdefault(f.resolve(), (f, "/".join(rel)))
         elif p.suffix.lower() in IMAGE_SUFFIXES:
-            found.setdefault(p.resolve(), p)
+            found.setdefault(p.resolve(), (p, p.name))
         else:
             raise ImageError(f"input '{p}' is not an image file (suffix '{p.suffix}'); "
                              f"supported: {', '.join(IMAGE_SUFFIXES)}")
     if not found:
-        hint = "" if recursive else " (subfolders are not searched; use recursive / --recursive)"
+        hint = "" if recursive else " (subfolders are not searched; pass --recursive to include them)"
         raise ImageError(f"no images found in {', '.join(str(i) for i in items)}: looked for "
                          f"{', '.join(IMAGE_SUFFIXES)}{hint}")
-    return sorted(found.values())
+    return list(found.values())

@@ -44,7 +44,7 @@ def _png(path, h=32, w=32, seed=0):
 def _run(argv, capsys):
     code = cli.main(argv)
     cap = capsys.readouterr()
-    return code, (json.loads(cap.out) if code == 0 else None), cap.err
+    return code, (json.loads(cap.out) if cap.out.strip() else None), cap.err
 
 
 # ---- needs_host: no model for listings and filter-only work -------------------------------------------------------
@@ -104,7 +104,7 @@ def test_purify_max_pixels_refuses_then_lets_through(no_model, tmp_path, capsys)
     out = tmp_path / "out"
     code, summary, _ = _run(["purify", str(src), "-o", str(out), "--method", "jpeg", "--max-pixels", "1000",
                              "--quiet"], capsys)
-    assert code == 0 and summary["failed"] == 1 and not (out / "a.png").exists()
+    assert code == 1 and summary["failed"] == 1 and not (out / "a.png").exists()   # nothing written: not 0
     error = summary["images"][0]["error"]
     assert "48x40 pixels" in error and "max_pixels=1000" in error and "--max-pixels" in error
     code, summary, _ = _run(["purify", str(src), "-o", str(out), "--method", "jpeg", "--max-pixels", "48x40",
@@ -117,7 +117,7 @@ def test_cloak_max_pixels_refuses_then_lets_through(with_model, tmp_path, capsys
     out = tmp_path / "out"
     base = ["cloak", str(src), "-o", str(out), "--method", "photoguard", "--steps", "1", "--quiet"]
     code, summary, _ = _run(base + ["--max-pixels", "1000"], capsys)
-    assert code == 0 and summary["failed"] == 1 and summary["written"] == 0
+    assert code == 1 and summary["failed"] == 1 and summary["written"] == 0
     assert "max_pixels=1000" in summary["images"][0]["error"] and not (out / "a.png").exists()
     code, summary, _ = _run(base + ["--max-pixels", "1280"], capsys)
     assert code == 0 and summary["written"] == 1 and (out / "a.png").exists()

@@ -389,9 +389,11 @@ def test_save_rejects_bad_tensors_and_suffixes(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_unwritable_output_gives_image_error(tmp_path):
+def test_unwritable_output_gives_output_error(tmp_path):
+    from protect_core.errors import OutputError
+
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ImageError, match="cannot save image"):
+    with pytest.raises(OutputError, match="cannot save image"):
         I.save_image(tmp_path / "file" / "o.png", torch.rand(3, 16, 16))
 
 

@@ -53,6 +53,10 @@ def test_cli_names_layers_and_errors(tmp_path, capsys, tiny_host):
     data = json.loads((out / "report.json").read_text())
     assert data["settings"]["layers"] == [layer] and "cloaked" in data["conditions"]
     capsys.readouterr()
+    rc = main(["mimicry", "--clean", str(clean), "--train", str(a), "--name", "cloaked", "-o", str(out), *FAST])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["status"] == "skipped (exists)"   # kept, not redone
+    assert json.loads((out / "report.json").read_text()) == data
+    out = tmp_path / "r2"
     rc = main(["mimicry", "--clean", str(clean), "--train", str(a), "--name", "x", "--name", "y",
                "-o", str(out), *FAST])
     assert rc == 2 and "one name per set" in capsys.readouterr().err

@@ -6,6 +6,10 @@ runs :func:`protect_core.cloak.optimize.optimize` on each batch, blends tile del
 (:mod:`protect_core.cloak.tiling`), crops back to the original size and re-finalises each image (8-bit levels,
 L-inf and perceptual budgets, see :func:`~protect_core.cloak.optimize.finalize`). Hosts and the CLI call
 :func:`cloak_images`; ``on_result(index, result)`` fires as soon as an image is complete (so the CLI can save it).
+Randomness: each batch is seeded from the run's seed and the identities (``keys``, default the positions) of the
+pieces in it, and the batches are planned over every image, ``skip`` ones included (images whose outputs already
+exist: a batch of only skipped images is not run, a mixed one is run whole and only its other images returned), so
+a resumed run produces the bytes of an uninterrupted one.
 Memory: a mode (:mod:`protect_core.memory`, default ``auto``) is chosen once per call from the largest batch; a
 batch that runs out of memory is retried in the next lower mode (said in the log and in ``stats["memory"]``); when
 that mode caps the tile size below the batch's pieces (``low``: 512 px), every unfinished image is planned again in
@@ -21,6 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..cli_support.paths import batch_seed
 from ..image_tensors import pad_to_multiple, unpad
 from ..memory import resolve_memory, run_with_fallback
 from ..metrics import image_stats, perceptual_distance
@@ -98,7 +103,8 @@ def batch_pieces(pieces: list[_Piece], joint: bool, batch_size: int) -> list[lis
 def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, progress: Progress | None = None,
                  batch_size: int = 4, channel_tied: bool | Sequence[bool] = False, tile_size: int | None = None,
                  tile_overlap: int | None = None,
-                 on_result: Callable[[int, CloakResult], None] | None = None, memory="auto") -> list[CloakResult]:
+                 on_result: Callable[[int, CloakResult], None] | None = None, memory="auto",
+                 keys: Sequence[str] | None = None, skip: Sequence[bool] | None = None) -> list[CloakResult | None]:
     """Cloak ``images`` (each (3, H, W) in [0, 1], any size) with ``settings.method``; results in input order.
 
     ``channel_tied``: one flag for all or one per image (greyscale art: one delta shared by the channels).
@@ -106,6 +112,8 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     to a quarter tile. ``stats`` objective numbers are those of the batch(es) the image was optimised in.
     ``memory``: "auto" (default), "fast", "balanced", "low" or a :class:`~protect_core.memory.MemoryMode`; a mode's
     ``tile`` caps the default tile size (an explicit ``tile_size`` wins).
+    ``keys``: each image's identity for its seed (e.g. its relative path; default its position); ``skip``: images
+    not wanted back (their result is None; see the module docstring for why they are still planned).
     """
     ref = get_method(settings.method)
     s = settings.resolved(ref)
@@ -118,6 +126,10 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     tied = [bool(channel_tied)] * len(images) if isinstance(channel_tied, bool) else [bool(t) for t in channel_tied]
     if len(tied) != len(images):
         raise ValueError(f"channel_tied has {len(tied)} flags for {len(images)} images")
+    keys = [str(i) for i in range(len(images))] if keys is None else [str(k) for k in keys]
+    skip = [False] * len(images) if skip is None else [bool(x) for x in skip]
+    if len(keys) != len(images) or len(skip) != len(images):
+        raise ValueError(f"keys/skip need one entry per image ({len(images)})")
     f = host.vae_scale_factor
     side = min(default_tile(ref), max(max(img.shape[-2:]) for img in images))
     group = len(images) if ref.joint else min(batch_size, len(images))
@@ -131,7 +143,7 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
         raise ValueError(f"tile size must be at least {2 * f} px, got {tile_size}")
     overlap = tile // 4 if tile_overlap is None else int(tile_overlap)
     pieces, padded_sizes, boxes = plan_pieces(images, f, tile, overlap, tied)
-    queue = batch_pieces(pieces, ref.joint, batch_size)
+    queue = [b for b in batch_pieces(pieces, ref.joint, batch_size) if not all(skip[p.index] for p in b)]
     progress = progress or Progress()
     progress.add_total(len(queue) * int(s.steps))
 
@@ -142,20 +154,20 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     memories: list[dict] = [{} for _ in images]
     results: list[CloakResult | None] = [None] * len(images)
     replanned: list[str] = []   # said in the stats of every image completed after a re-planning
-    k = -1
     while queue:
-        batch, k = queue.pop(0), k + 1
+        batch = queue.pop(0)
         x = torch.stack([p.pixels for p in batch])
         done, start, seen = progress.done, mode, []
 
-        def attempt(m, x=x, k=k, batch=batch, start=start, seen=seen):
+        def attempt(m, x=x, batch=batch, start=start, seen=seen):
             if m is not start:
                 seen.append(m.reason)                     # this batch's fallback messages so far
             if tile_size is None and tile_for(m) < max(x.shape[-2:]):
                 raise _Replan(m, list(seen))              # a lower mode with a smaller tile cap: re-plan first
             progress.done = done                          # a retried batch counts its steps once
             method = get_method(s.method)                 # fresh state per batch (and per retry)
-            return optimize(host, method, x, dataclasses.replace(s, seed=int(s.seed) + k), progress,
+            seed = batch_seed(int(s.seed), [_piece_key(keys, boxes, p) for p in batch])
+            return optimize(host, method, x, dataclasses.replace(s, seed=seed), progress,
                             channel_tied=batch[0].tied, memory=m)
 
         work = f"cloaking {len(batch)} piece(s) of {x.shape[-1]}x{x.shape[-2]} px"
@@ -165,7 +177,7 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             progress.done, mode = done, replan.mode
             tile = tile_for(mode)
             overlap = tile // 4 if tile_overlap is None else min(int(tile_overlap), tile // 2)
-            redo = [i for i, r in enumerate(results) if r is None]
+            redo = [i for i, r in enumerate(results) if r is None and not skip[i]]
             fresh, _, fresh_boxes = plan_pieces(images, f, tile, overlap, tied)
             for i in redo:   # unfinished images start again in the new tiles (one tile size per image)
                 boxes[i], pending[i], overlaps[i] = fresh_boxes[i], len(fresh_boxes[i]), overlap
@@ -174,7 +186,8 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             log.warning(msg)
             replanned += replan.messages + [msg]
             remaining = len(queue) + 1
-            queue = batch_pieces([p for p in fresh if results[p.index] is None], ref.joint, batch_size)
+            unfinished = set(redo)
+            queue = batch_pieces([p for p in fresh if p.index in unfinished], ref.joint, batch_size)
             progress.add_total((len(queue) - remaining) * int(s.steps))
             continue
         info["memory"]["fallbacks"] = replanned + fallbacks
@@ -185,7 +198,9 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             before[p.index].append(info["objective_before"])
             after[p.index].append(info["objective_after"])
             pending[p.index] -= 1
-            if pending[p.index] == 0:
+            if pending[p.index] == 0 and skip[p.index]:
+                deltas[p.index] = {}
+            elif pending[p.index] == 0:
                 i = p.index
                 results[i] = _assemble(images[i], deltas[i], boxes[i], padded_sizes[i], overlaps[i], s,
                                        {"seconds": seconds[i], "objective_before": _mean(before[i]),
@@ -194,6 +209,10 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
                 if on_result is not None:
                     on_result(i, results[i])
     return results
+
+
+def _piece_key(keys: list[str], boxes: list[list[Box]], p: _Piece) -> str:
+    return keys[p.index] if len(boxes[p.index]) == 1 else f"{keys[p.index]}@{','.join(map(str, p.box))}"
 
 
 class _Replan(Exception):

@@ -7,8 +7,17 @@
 * :mod:`.naming` -- canonical (diffusers) <-> ldm / ComfyUI layer names;
 * :mod:`.heatmap` -- the per-layer, per-timestep heat map (Pillow); :mod:`.cli` -- ``stylecloak layers``.
 """
-from .analysis import AnalysisSettings, LayerAnalysis, LayerScore, analyse_layers
-from .selection import PRESETS, STYLEPROTECT_SD15, LayerSelection
+from .. import lazy_exports
 
+_EXPORTS = {
+    "AnalysisSettings": ".analysis",
+    "LayerAnalysis": ".analysis",
+    "LayerScore": ".analysis",
+    "analyse_layers": ".analysis",
+    "PRESETS": ".selection",
+    "STYLEPROTECT_SD15": ".selection",
+    "LayerSelection": ".selection",
+}
 __all__ = ["AnalysisSettings", "LayerAnalysis", "LayerScore", "analyse_layers", "LayerSelection", "PRESETS",
            "STYLEPROTECT_SD15"]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

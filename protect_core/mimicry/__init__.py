@@ -4,11 +4,19 @@
 :mod:`protect_core.mimicry.runner` for the conditions, :mod:`.scoring` for the score definitions and the sanity
 check, :mod:`.style` for the style embedders and :mod:`.report` for the JSON/PNG report card.
 """
-from .report import MimicryReport
-from .runner import generate, run_mimicry_test
-from .scoring import INCONCLUSIVE
-from .settings import DEFAULT_PROMPTS, MimicrySettings
-from .style import ClipVisionEmbedder, DescriptorEmbedder, StyleEmbedder
+from .. import lazy_exports
 
+_EXPORTS = {
+    "MimicryReport": ".report",
+    "generate": ".runner",
+    "run_mimicry_test": ".runner",
+    "INCONCLUSIVE": ".scoring",
+    "DEFAULT_PROMPTS": ".settings",
+    "MimicrySettings": ".settings",
+    "ClipVisionEmbedder": ".style",
+    "DescriptorEmbedder": ".style",
+    "StyleEmbedder": ".style",
+}
 __all__ = ["run_mimicry_test", "generate", "MimicryReport", "MimicrySettings", "DEFAULT_PROMPTS", "INCONCLUSIVE",
            "StyleEmbedder", "DescriptorEmbedder", "ClipVisionEmbedder"]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

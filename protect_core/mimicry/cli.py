@@ -4,12 +4,17 @@ Example::
 
     stylecloak mimicry --clean art/ --train cloaked/ --train purified/ --name cloaked --name purified \\
         -o report/ --method lora --rank 4 --lr 1e-4 --steps 200 --samples 8
+
+Every value, path and image is checked before the model loads (a bad ``--guidance`` fails at once, not after the
+fine-tunes). A report folder that already holds ``report.json`` and ``report.png`` is kept and the run skipped
+unless ``--overwrite``, as in every subcommand.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..cli_support.values import finite_float, int_range, positive_int
 from ..errors import StyleCloakError
 from .settings import DEFAULT_PROMPTS, MimicrySettings
 
@@ -26,16 +31,19 @@ def add_arguments(p) -> None:
                     help="other styles for the nearest-centroid attribution (default: base-model generations)")
     io.add_argument("-o", "--out", required=True, help="report folder (report.json, report.png)")
     io.add_argument("--save-samples", action="store_true", help="also write every generated image")
+    io.add_argument("--recursive", action="store_true", help="also read images in subfolders")
+    io.add_argument("--overwrite", action="store_true", help="redo the test if the report folder already holds a "
+                    "report (default: keep it and skip)")
     from ..cli import add_max_pixels
 
     add_max_pixels(io)
     ft = p.add_argument_group("fine-tune")
     ft.add_argument("--method", choices=["lora", "dreambooth"], default=d.method)
-    ft.add_argument("--rank", type=int, default=d.rank)
-    ft.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
-    ft.add_argument("--lr", type=float, default=None, help="default: 1e-4 (lora), 5e-6 (dreambooth)")
-    ft.add_argument("--steps", type=int, default=d.steps)
-    ft.add_argument("--batch-size", type=int, default=d.batch_size)
+    ft.add_argument("--rank", type=positive_int, default=d.rank)
+    ft.add_argument("--alpha", type=finite_float(0, lo_open=True), default=None, help="LoRA alpha (default: rank)")
+    ft.add_argument("--lr", type=finite_float(0, lo_open=True), default=None, help="default: 1e-4 (lora), 5e-6 (dreambooth)")
+    ft.add_argument("--steps", type=positive_int, default=d.steps)
+    ft.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     ft.add_argument("--layers", default=None, metavar="JSON",
                     help="layer selection (JSON list of canonical cross-attention names, or the layers block's "
                          "output); default: all attention layers")
@@ -45,8 +53,8 @@ def add_arguments(p) -> None:
     ft.add_argument("--instance-prompt", default=d.instance_prompt)
     ft.add_argument("--prior-preservation", action="store_true")
     ft.add_argument("--class-prompt", default=d.class_prompt)
-    ft.add_argument("--prior-images", type=int, default=d.prior_images)
-    ft.add_argument("--resolution", type=int, default=None,
+    ft.add_argument("--prior-images", type=positive_int, default=d.prior_images)
+    ft.add_argument("--resolution", type=int_range(8), default=None,
                     help="training/generation size (default: 512, capped by the smallest clean image)")
     ft.add_argument("--memory", default="auto", choices=["auto", "fast", "balanced", "low"],
                     help="memory mode for the fine-tunes and generations: auto picks by free memory; balanced = "
@@ -54,13 +62,13 @@ def add_arguments(p) -> None:
                     "restarts the test in the next lower mode")
     gen = p.add_argument_group("generation and scoring")
     gen.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS))
-    gen.add_argument("--samples", type=int, default=d.samples)
-    gen.add_argument("--sample-steps", type=int, default=d.sample_steps)
-    gen.add_argument("--sample-batch", type=int, default=d.sample_batch)
-    gen.add_argument("--guidance", type=float, default=d.guidance)
+    gen.add_argument("--samples", type=positive_int, default=d.samples)
+    gen.add_argument("--sample-steps", type=positive_int, default=d.sample_steps)
+    gen.add_argument("--sample-batch", type=positive_int, default=d.sample_batch)
+    gen.add_argument("--guidance", type=finite_float(0), default=d.guidance)
     gen.add_argument("--negative", default=d.negative_prompt)
-    gen.add_argument("--reference-samples", type=int, default=d.reference_samples)
-    gen.add_argument("--margin", type=float, default=d.sanity_margin, help="sanity-check margin (cosine units)")
+    gen.add_argument("--reference-samples", type=positive_int, default=d.reference_samples)
+    gen.add_argument("--margin", type=finite_float(0, 2), default=d.sanity_margin, help="sanity-check margin (cosine units)")
     gen.add_argument("--clip", default=None, metavar="FOLDER",
                     help="a local CLIP vision model folder for style similarity (default: offline descriptor)")
 
@@ -79,10 +87,10 @@ def read_layer_selection(path) -> list[str]:
     return names
 
 
-def _load(paths, max_pixels: int | None = None) -> tuple[list, list[Path]]:
+def _load(paths, max_pixels: int | None = None, recursive: bool = False) -> tuple[list, list[Path]]:
     from ..images import DEFAULT_MAX_PIXELS, list_images, load_image
 
-    files = list_images(paths)
+    files = list_images(paths, recursive=recursive)
     return [load_image(f, max_pixels=max_pixels or DEFAULT_MAX_PIXELS).rgb for f in files], files
 
 
@@ -119,23 +127,52 @@ def _settings(args, clean) -> MimicrySettings:
         seed=args.seed)
 
 
+REPORT_FILES = ("report.json", "report.png")
+
+
+def _done(args) -> bool:
+    return not args.overwrite and all((Path(args.out) / f).exists() for f in REPORT_FILES)
+
+
+def check(args) -> None:
+    """Report folder, names, layer file, every image and the settings, before the model loads."""
+    from ..cli_support.paths import check_output_dir, clean_stale_temps
+
+    out = check_output_dir(args.out, "-o")
+    clean_stale_temps([out, out / "samples"], list(REPORT_FILES))
+    names = _names(args)
+    if args.layers:
+        read_layer_selection(args.layers)
+    if _done(args):
+        return
+    limit, deep = getattr(args, "max_pixels", None), args.recursive
+    clean, clean_files = _load(args.clean, limit, deep)
+    train = {}
+    for name, path in zip(names, args.train):
+        imgs, files = _load([path], limit, deep)
+        train[name] = _pair_by_stem(clean_files, files, imgs)
+    refs = None
+    if args.reference:
+        refs = {Path(r).name or f"reference{i}": _load([r], limit, deep)[0] for i, r in enumerate(args.reference)}
+    settings = _settings(args, clean)
+    settings.validate(1)   # the multiple of the model's VAE factor is checked again once the model is loaded
+    args._work = clean, train, refs, settings
+
+
+def needs_host(args) -> bool:
+    return not _done(args)
+
+
 def run(args, host) -> dict:
+    if _done(args):
+        return {"report": {"json": str(Path(args.out) / "report.json")}, "status": "skipped (exists)",
+                "skipped": 1, "note": "the report exists; pass --overwrite to run the test again"}
     from ..cli import progress_bar
     from ..progress import Progress
     from .runner import run_mimicry_test
     from .style import ClipVisionEmbedder, DescriptorEmbedder
 
-    names = _names(args)
-    limit = getattr(args, "max_pixels", None)
-    clean, clean_files = _load(args.clean, limit)
-    train = {}
-    for name, path in zip(names, args.train):
-        imgs, files = _load([path], limit)
-        train[name] = _pair_by_stem(clean_files, files, imgs)
-    refs = None
-    if args.reference:
-        refs = {Path(r).name or f"reference{i}": _load([r], limit)[0] for i, r in enumerate(args.reference)}
-    settings = _settings(args, clean)
+    clean, train, refs, settings = args._work
     embedder = ClipVisionEmbedder(args.clip) if args.clip else DescriptorEmbedder(host, seed=settings.seed)
     on_step, close = progress_bar(args, 0, "mimicry")
     try:

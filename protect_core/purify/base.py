@@ -15,6 +15,7 @@ in the next lower mode).
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 import time
 from typing import Any, ClassVar, Sequence
@@ -113,9 +114,30 @@ def resolve_params(purifier: Purifier, params: dict | None) -> dict:
     if unknown:
         raise ValueError(f"purifier {purifier.name!r} has no parameter(s) {', '.join(unknown)}; "
                          f"its parameters are {', '.join(sorted(purifier.defaults)) or '(none)'}")
+    for key, value in params.items():
+        _check_kind(purifier.name, key, purifier.defaults[key], value)
     out = dict(purifier.defaults)
     out.update(params)
     return out
+
+
+def _check_kind(name: str, key: str, default, value) -> None:
+    """A value of the default's kind: a finite number for a number, true/false for a flag, text for text."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif number(default):
+        ok, want = number(value) and math.isfinite(value), "a finite number"
+        if ok and isinstance(default, int) and not isinstance(value, int):
+            ok, want = float(value).is_integer(), "a whole number"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "text"
+    else:
+        ok, want = True, ""
+    if not ok:
+        raise ValueError(f"purifier {name!r}: {key} must be {want}, got {value!r}")
 
 
 def normalise_chain(chain) -> list[tuple[str, dict]]:
