@@ -311,13 +311,15 @@ def test_cli_end_to_end(tmp_path, rng_images):
     assert len(sel.names) == 2 and sel.settings["top_k"] == 2 and len(sel.settings["images"]) == 3
     assert Image.open(plot).size[1] > 7 * 22
     assert sel.settings["score"] == "causal" and all(r["causal"] is not None for r in sel.table)
-    rc = main(["layers", str(tmp_path), "--model", "tiny", "--top-k", "2", "-o", str(out), "--score", "activation",
-               "--style-prompt", SP, "--content-prompt", CP, "--timesteps", "500", "--seeds", "1", "--size", "32",
-               "--quiet"])
-    assert rc == 0 and LayerSelection.load(out).settings["score"] == "activation"
+    again = ["layers", str(tmp_path), "--model", "tiny", "--top-k", "2", "-o", str(out), "--score", "activation",
+             "--style-prompt", SP, "--content-prompt", CP, "--timesteps", "500", "--seeds", "1", "--size", "32",
+             "--quiet"]
+    before = out.read_bytes()
+    assert main(again) == 0 and out.read_bytes() == before  # an existing selection is kept (resume semantics)
+    assert main(again + ["--overwrite"]) == 0 and LayerSelection.load(out).settings["score"] == "activation"
     assert all(r["causal"] is None for r in LayerSelection.load(out).table)
     assert main(["layers", str(tmp_path), "--model", "tiny", "-o", str(out), "--timesteps", "a,b"]) == 2
-    assert main(["layers", "--model", "tiny", "--preset", "all", "-o", str(out)]) == 0
+    assert main(["layers", "--model", "tiny", "--preset", "all", "-o", str(out), "--overwrite"]) == 0
     assert len(LayerSelection.load(out).names) == 7
 
 

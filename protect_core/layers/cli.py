@@ -72,9 +72,10 @@ def check(args) -> None:
             raise StyleCloakError("-o and --plot name the same file; give them different names")
     args._outputs = outputs
     clean_stale_temps({o.parent for o in outputs}, [o.name for o in outputs])
+    if not args.preset:
+        parse_timesteps(args.timesteps)  # a malformed flag is a bad request even when the run would be skipped
     if args.preset or _done(args):
         return
-    parse_timesteps(args.timesteps)
     if not args.inputs:
         raise StyleCloakError("no input images; usage: stylecloak layers IMAGES... -o selection.json "
                               "(or --preset NAME / --list-presets)")
