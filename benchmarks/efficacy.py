@@ -66,7 +66,10 @@ def parse_args(argv=None):
                                                   "standard error across seeds); overrides --seed")
     ap.add_argument("--no-placebo", action="store_true", help="leave out the random-noise control")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    ap.add_argument("--toy", default=None, help="toy model folder (default: the shipped assets)")
+    ap.add_argument("--world", default="toy", help="measurement world: toy (32 px, fast) or atelier (64 px, "
+                                                   "SD 1.5 topology; both judges reported)")
+    ap.add_argument("--artist", default=None, help="the artist to protect (default: the world's first held-out)")
+    ap.add_argument("--toy", default=None, help="the world's model folder (default: the shipped assets)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     ap.add_argument("--stem", default=None, help="output file name without extension (default efficacy, "
                                                  "efficacy_quick or efficacy_full)")
@@ -129,14 +132,24 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, a.threads))
     from protect_core.toy.efficacy import run_efficacy
     from protect_core.toy.efficacy_seeds import merge_seed_runs
-    from protect_core.toy.model import build_toy_host, load_style_classifier, toy_available, toy_world
+    from protect_core.worlds import get_world
+    from protect_core.worlds.judges import world_judges
 
-    if not toy_available(a.toy):
-        print("no trained toy model found; train one with `python -m protect_core.toy.train`", file=sys.stderr)
+    w = get_world(a.world).at(a.toy)
+    if not w.available():
+        print(f"no trained {a.world} model found (see README, Measurement worlds)", file=sys.stderr)
         return 2
     cfg = build_config(a)
-    world = toy_world(a.toy)
-    host, clf = build_toy_host(path=a.toy), load_style_classifier(a.toy)
+    world = w.config()
+    for kind, v in world.get("attacker", {}).items():  # the world's attacker (chosen on its dev artist)
+        if "lr" in v:
+            cfg.lr.setdefault(kind, float(v["lr"]))
+        if "steps" in v and kind in ("lora", "full"):
+            cfg.steps.setdefault(kind, int(v["steps"]))
+    held = world["held_out"] if isinstance(world["held_out"], list) else [world["held_out"]]
+    artist = a.artist or held[0]
+    host = w.build_host()
+    clf = w.load_judge() if a.world == "toy" else world_judges(w, host)
     t0 = time.perf_counter()
 
     def log(msg):
@@ -146,14 +159,17 @@ def main(argv=None) -> int:
     runs = []
     for seed in seeds:
         log(f"seed {seed}")
-        runs.append(run_efficacy(host, clf, dataclasses.replace(cfg, seed=seed), world["held_out"],
-                                 int(world["size"]), log))
+        runs.append(run_efficacy(host, clf, dataclasses.replace(cfg, seed=seed), artist, int(world["size"]), log,
+                                 render=w.styles().render))
     results = merge_seed_runs(runs)
     given = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(["PYTHONPATH=. .venv/bin/python benchmarks/efficacy.py", *map(shlex.quote, given)])
     results["command"] = command
+    results["world"] = a.world
     out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results"
     stem = a.stem or ("efficacy_quick" if a.quick else "efficacy_full" if a.full else "efficacy")
+    if a.world != "toy" and not a.stem:
+        stem = f"{stem}_{a.world}_{artist}"
     print(write_outputs(results, out, stem))
     print(f"wrote {out / stem}.md / .json / .png", file=sys.stderr)
     return 0

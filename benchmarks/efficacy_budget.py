@@ -35,7 +35,9 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (seconds): 2 images, few steps")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--toy", default=None, help="toy model folder (default: the shipped assets)")
+    ap.add_argument("--world", default="toy", help="measurement world: toy or atelier (both judges reported)")
+    ap.add_argument("--artist", default=None, help="the artist to protect (default: the world's first held-out)")
+    ap.add_argument("--toy", default=None, help="the world's model folder (default: the shipped assets)")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
 
@@ -45,10 +47,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, a.threads))
     from protect_core.toy.budget import draw_chart, markdown_report, parse_budgets, run_budget_sweep
     from protect_core.toy.efficacy import EfficacyConfig, parse_steps
-    from protect_core.toy.model import build_toy_host, load_style_classifier, toy_available, toy_world
+    from protect_core.worlds import get_world
+    from protect_core.worlds.judges import world_judges
 
-    if not toy_available(a.toy):
-        print("no trained toy model found; train one with `python -m protect_core.toy.train`", file=sys.stderr)
+    w = get_world(a.world).at(a.toy)
+    if not w.available():
+        print(f"no trained {a.world} model found (see README, Measurement worlds)", file=sys.stderr)
         return 2
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     steps = parse_steps(a.steps)
@@ -57,21 +61,31 @@ def main(argv=None) -> int:
     cfg = EfficacyConfig(methods=methods, purifiers=[], finetunes=[k.strip() for k in a.finetune.split(",")],
                          images=2 if a.quick else a.images, samples=4 if a.quick else a.samples, seed=a.seed,
                          steps=steps)
-    world = toy_world(a.toy)
-    host, clf = build_toy_host(path=a.toy), load_style_classifier(a.toy)
+    world = w.config()
+    for kind, v in world.get("attacker", {}).items():  # the world's attacker (chosen on its dev artist)
+        if "lr" in v:
+            cfg.lr.setdefault(kind, float(v["lr"]))
+        if "steps" in v:
+            cfg.steps.setdefault(kind, int(v["steps"]))
+    held = world["held_out"] if isinstance(world["held_out"], list) else [world["held_out"]]
+    host = w.build_host()
+    clf = w.load_judge() if a.world == "toy" else world_judges(w, host)
     t0 = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:7.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    results = run_budget_sweep(host, clf, methods, parse_budgets(a.budgets), world["held_out"],
-                               int(world["size"]), cfg, log)
+    results = run_budget_sweep(host, clf, methods, parse_budgets(a.budgets), a.artist or held[0],
+                               int(world["size"]), cfg, log, render=w.styles().render)
+    results["world"] = a.world
     given = sys.argv[1:] if argv is None else list(argv)
     results["command"] = " ".join(["PYTHONPATH=. .venv/bin/python benchmarks/efficacy_budget.py",
                                    *map(shlex.quote, given)])
     out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results"
     out.mkdir(parents=True, exist_ok=True)
     stem = "efficacy_budget_quick" if a.quick else "efficacy_budget"
+    if a.world != "toy":
+        stem += f"_{a.world}_{a.artist or held[0]}"
     report = (f"Command: `{results['command']}`\n\n" + markdown_report(results) + f"\n![budget chart]({stem}.png)\n")
     (out / f"{stem}.md").write_text(report)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))

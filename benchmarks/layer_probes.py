@@ -20,6 +20,8 @@ import contextlib
 
 import torch
 
+from protect_core.toy.styles import PROMPT_TEMPLATE  # shared by every world: "a painting in {style} style"
+
 PROBES = ("noise", "swap")
 PROJECTIONS = ("to_k", "to_v")
 
@@ -73,9 +75,8 @@ def classifier_readout(clf, images01: torch.Tensor, style: str) -> tuple[float, 
 
 def generate_readout(host, clf, style: str, samples: int, size: int, overrides=None, seed: int = 0):
     from protect_core.sampling import txt2img
-    from protect_core.toy.styles import prompt_for
 
-    imgs = txt2img(host, [prompt_for(style)] * samples, height=size, width=size, steps=20, guidance=4.0, seed=seed,
+    imgs = txt2img(host, [PROMPT_TEMPLATE.format(style=style)] * samples, height=size, width=size, steps=20, guidance=4.0, seed=seed,
                    weight_overrides=overrides)
     return classifier_readout(clf, imgs, style)
 
@@ -84,7 +85,6 @@ def subset_moves(host, clf, style: str, subsets, layers: dict, probe: str, *, sa
                  sigma: float = 2.0, draws: int = 2, content_prompt: str = "a painting"):
     """Clean read-out and, for every subset of layer names, the mean movement of both read-outs under ``probe``:
     (clean_p, clean_logodds), {frozenset(subset): (drop_p, drop_logodds)}. Drops are clean minus perturbed."""
-    from protect_core.toy.styles import prompt_for
 
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(PROBES)}")
@@ -101,7 +101,7 @@ def subset_moves(host, clf, style: str, subsets, layers: dict, probe: str, *, sa
                 moves[frozenset(subset)] = tuple(c - sum(r[i] for r in reads) / len(reads)
                                                  for i, c in enumerate(clean))
         else:
-            style_ctx = host.encode_text([prompt_for(style)]).context[0]
+            style_ctx = host.encode_text([PROMPT_TEMPLATE.format(style=style)]).context[0]
             content_ctx = host.encode_text([content_prompt]).context[0]
             for subset in subsets:
                 with style_text_silenced([layers[n] for n in subset], style_ctx, content_ctx) as swapped:

@@ -81,8 +81,10 @@ def random_pick_pvalue(judged: list[dict], observed_mean: float, draws: int = 20
 def run_style(host, clf, style: str, args, size: int) -> dict:
     from layer_probes import subset_moves
     from protect_core.layers import AnalysisSettings, analyse_layers
-    from protect_core.toy.styles import prompt_for, render
+    from protect_core.worlds import get_world
 
+    st = get_world(args.world).styles()
+    prompt_for, render = st.prompt_for, st.render
     images = render(style, args.images, size=size, seed=123)
     analyses = {sc: analyse_layers(host, images, AnalysisSettings(style_prompt=prompt_for(style), score=sc,
                                                                   content_prompt="a painting", size=size, seeds=2))
@@ -176,12 +178,15 @@ def run_model(toy, label: str, args, first: bool) -> "list[dict] | int":
     """Every style of one toy model (``label`` prefixes the table rows when several models run)."""
     from protect_core.layers import LayerSelection
     from protect_core.layers.analysis import DEFAULT_SCORE
-    from protect_core.toy.model import build_toy_host, load_style_classifier, toy_world
+    from protect_core.worlds import get_world
 
-    world = toy_world(toy)
+    w = get_world(args.world).at(toy)
+    world = w.config()
     styles = list(world["styles"]) if args.styles == "all" else [s.strip() for s in args.styles.split(",")
                                                                  if s.strip()]
-    host, clf = build_toy_host(path=toy), load_style_classifier(toy)
+    host, clf = w.build_host(), w.load_judge()
+    held = world.get("held_out")
+    held = held if isinstance(held, list) else [held]
     n_layers = len(host.cross_attention_layers())
     if not args.k or not all(1 <= k < n_layers for k in args.k):
         print(f"--k must lie in 1..{n_layers - 1} (the model has {n_layers} cross-attention layers), got {args.k}")
@@ -189,7 +194,7 @@ def run_model(toy, label: str, args, first: bool) -> "list[dict] | int":
     size, rows = int(world["size"]), []
     for i, style in enumerate(styles):
         res = run_style(host, clf, style, args, size)
-        res["set"] = ("held-out" if style == world.get("held_out") else "dev" if style in args.dev else "eval")
+        res["set"] = ("held-out" if style in held else "dev" if style in args.dev else "eval")
         res["model"], res["label"] = label or "shipped", f"{label}: {style}" if label else style
         rows.append(res)
         print(f"{res['label']}: " + "; ".join(f"{pb} k={k} " + ", ".join(f"{sc} {j['log-odds']['percentile']:.0f}"
@@ -210,6 +215,7 @@ def run_model(toy, label: str, args, first: bool) -> "list[dict] | int":
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", default="toy", help="measurement world (toy or atelier)")
     ap.add_argument("--toy", default=None,
                     help="toy model folder(s), comma-separated; several are reported apart and pooled (default: "
                          "protect_core/assets/toy; an empty item also means it)")
@@ -233,20 +239,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from layer_probes import PROBES
     from protect_core.layers.analysis import SCORES
-    from protect_core.toy.model import toy_available, toy_world
+    from protect_core.worlds import get_world
 
     toys = [t.strip() or None for t in (args.toy or "").split(",")] if args.toy else [None]
-    missing = [t or "protect_core/assets/toy" for t in toys if not toy_available(t)]
+    missing = [str(t or get_world(args.world).asset_dir) for t in toys if not get_world(args.world).at(t).available()]
     if missing:
-        print(f"no trained toy model found in {', '.join(missing)}; train one with "
-              "`python -m protect_core.toy.train --out DIR` first")
+        print(f"no trained {args.world} model found in {', '.join(missing)}; train it first (README, Measurement "
+              "worlds)")
         return 1
     args.scores = [s.strip() for s in args.scores.split(",") if s.strip()]
     args.k = sorted({int(v) for v in str(args.k).split(",") if v.strip()})
     args.probes = [s.strip() for s in args.probes.split(",") if s.strip()]
     args.dev = [s.strip() for s in args.dev.split(",") if s.strip()]
     for toy in toys:
-        world = toy_world(toy)
+        world = get_world(args.world).at(toy).config()
         styles = list(world["styles"]) if args.styles == "all" else [s.strip() for s in args.styles.split(",")
                                                                      if s.strip()]
         bad = [s for s in args.probes if s not in PROBES] + [s for s in args.scores if s not in SCORES] \

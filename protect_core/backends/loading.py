@@ -4,6 +4,7 @@ Accepted specs (nothing is ever fetched from a hub):
 
 * ``None`` / ``toy``: the embedded default, the trained toy model shipped in ``protect_core/assets/toy`` (see
   :mod:`protect_core.toy`); ``None`` falls back to ``tiny`` with a warning if those files are missing;
+* ``atelier`` (or any name in :mod:`protect_core.worlds`): a shipped measurement world, found through the registry;
 * ``tiny`` / ``tiny-v`` / ``tiny-xl``: the seeded (untrained) tiny test models;
 * ``sd15-random`` / ``sd2-random`` / ``sd2-v-random`` / ``sdxl-random``: full-size architectures with random weights
   (performance work only, see :mod:`protect_core.random_models`);
@@ -95,9 +96,9 @@ def quiet_libraries():
 
 
 def _default_spec() -> str:
-    from ..toy.model import toy_available
+    from ..worlds import get_world
 
-    if toy_available():
+    if get_world(DEFAULT_MODEL).available():
         return DEFAULT_MODEL
     log.warning("the shipped toy model is missing (protect_core/assets/toy); using the untrained %r model",
                 FALLBACK_MODEL)
@@ -107,7 +108,9 @@ def _default_spec() -> str:
 def spec_options() -> str:
     from ..tiny_models import FLAVOURS
 
-    names = ", ".join(("toy",) + FLAVOURS + tuple(_random_specs()))
+    from ..worlds import world_names
+
+    names = ", ".join(world_names() + FLAVOURS + tuple(_random_specs()))
     return f"one of {names}, a diffusers folder (with model_index.json), or a .safetensors checkpoint"
 
 
@@ -125,10 +128,10 @@ def load_host(model: str | None = None, device: str = "cpu", dtype: str | torch.
     override = _prediction_type(kw.get("prediction_type"))
     spec = str(model) if model is not None else _default_spec()
     with quiet_libraries():
-        if spec == "toy":
-            from ..toy.model import build_toy_host
+        from ..worlds import get_world, world_names
 
-            host = build_toy_host(dtype=dt)
+        if spec in world_names():
+            host = get_world(spec).build_host(dtype=dt)
         elif spec in FLAVOURS:
             host = build_tiny_host(spec, seed=kw.get("seed", 0), dtype=dt)
         elif spec in _random_specs():

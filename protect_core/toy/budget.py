@@ -102,12 +102,14 @@ def budget_sets(host, clean: torch.Tensor, methods: list[str], budgets: list[flo
 
 
 def run_budget_sweep(host, classifier, methods: list[str], budgets: list[float], held_out: str, size: int,
-                     cfg: EfficacyConfig | None = None, log: Callable = print) -> dict:
+                     cfg: EfficacyConfig | None = None, log: Callable = print,
+                     render: Callable | None = None) -> dict:
     """The whole sweep (module doc); returns a JSON-able dict. ``cfg`` supplies the attacker (fine-tunes, images,
     samples, seed, step/lr overrides; its methods/purifiers are ignored). The host comes back unchanged."""
     from ..cloak.base import available_methods
-    from .styles import render
 
+    if render is None:
+        from .styles import render
     unknown = [m for m in methods if m not in available_methods()]
     if unknown:
         raise ValueError(f"unknown cloak method(s) {unknown}; choose from {', '.join(available_methods())}")
@@ -135,6 +137,7 @@ def run_budget_sweep(host, classifier, methods: list[str], budgets: list[float],
         for kind in cfg.finetunes:
             sc, ref = scores[kind][name], scores[kind]["clean"]
             row[kind] = {"success": sc["success"]["rate"], "success_se": sc["success"]["se"],
+                         "success_2": sc.get("second", {}).get("success", {}).get("rate"),
                          "p_style": sc["p_style"]["mean"],
                          "style_drop": round(ref["p_style"]["mean"] - sc["p_style"]["mean"], 6)}
         rows.append(row)

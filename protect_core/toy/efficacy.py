@@ -263,8 +263,16 @@ def attacker_settings(kind: str, size: int, cfg: EfficacyConfig):
 
 
 def judge(classifier, images: torch.Tensor, artist_index: int) -> dict:
+    """Scores of the classifier; a second judge attached as ``classifier.second`` (a world's
+    :class:`~protect_core.worlds.judges.JudgePair`) adds ``second`` with the same fields."""
     p = classifier.probs(images)
-    return {"success": rate(protection_success(p, artist_index)), "p_style": mean_se(p[:, artist_index])}
+    out = {"success": rate(protection_success(p, artist_index)), "p_style": mean_se(p[:, artist_index])}
+    second = getattr(classifier, "second", None)
+    if second is not None:
+        q = second.probs(images)
+        out["second"] = {"judge": second.name, "success": rate(protection_success(q, artist_index)),
+                         "p_style": mean_se(q[:, artist_index])}
+    return out
 
 
 def mimic_all(host, classifier, sets: dict, kind: str, cfg: EfficacyConfig, artist_index: int,
@@ -306,6 +314,7 @@ def build_rows(metas: dict, scores: dict, kind: str) -> list[dict]:
             "set": name, "cloak": cloak, "method": meta["method"], "intensity": meta["intensity"],
             "robust": bool(meta["robust"]), "purifier": pur, "finetune": kind,
             "success": sc["success"]["rate"], "success_se": sc["success"]["se"], "samples": sc["success"]["n"],
+            "success_2": sc.get("second", {}).get("success", {}).get("rate"),
             "p_style": p, "p_style_se": sc["p_style"]["se"], "reference": ref,
             "style_drop": round(p_ref - p, 6),
             "effect": protection_effect(p, p_ref, base["p_style"]["mean"]),
@@ -341,9 +350,11 @@ def goal_check(rows: list[dict], finetunes: dict) -> dict:
 
 
 def run_efficacy(host, classifier, cfg: EfficacyConfig, held_out: str, size: int,
-                 log: Callable = print) -> dict:
-    """The whole benchmark (module doc); returns a JSON-able dict (no images). The host comes back unchanged."""
-    from .styles import render
+                 log: Callable = print, render: Callable | None = None) -> dict:
+    """The whole benchmark (module doc); returns a JSON-able dict (no images). The host comes back unchanged.
+    ``render(style, n, size, seed)``: the world's painter (default: the toy world's)."""
+    if render is None:
+        from .styles import render
 
     cfg.validate()
     if held_out not in classifier.styles:

@@ -29,6 +29,8 @@ def _cell(row: dict | None) -> str:
     rate = _pct(row["success"])
     if row.get("seeds", 1) > 1:  # several seeds merged: the SE across seeds, in points
         rate += f" ±{100 * row['success_se']:.0f}"
+    if row.get("success_2") is not None:  # the world's second judge (nearest centroid in the style embedding)
+        rate += f" / {_pct(row['success_2'])}"
     if row["method"] == "clean":
         return f"{rate} (p {row['p_style']:.2f})"
     drop = round(row["style_drop"], 2) + 0.0  # no "-0.00"

@@ -20,7 +20,7 @@ import statistics
 
 from .efficacy import goal_check, sanity
 
-_MEAN_KEYS = ("success", "p_style", "style_drop", "effect", "psnr", "ssim", "psnr_after_purifier", "final_loss",
+_MEAN_KEYS = ("success", "success_2", "p_style", "style_drop", "effect", "psnr", "ssim", "psnr_after_purifier", "final_loss",
               "cloak_seconds", "finetune_seconds")
 
 

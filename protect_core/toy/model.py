@@ -43,7 +43,8 @@ def toy_world(path=None) -> dict:
     return json.loads(f.read_text())
 
 
-def build_toy_host(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path=None):
+def build_toy_host(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path=None,
+                   family: str = "toy"):
     """The toy model as a :class:`~protect_core.backends.diffusers_host.DiffusersHost` (family ``toy``).
 
     Native size is ``toy_world()["size"]`` (32 px for the shipped model; ``unet.config.sample_size * 8``).
@@ -71,7 +72,7 @@ def build_toy_host(device: str | torch.device = "cpu", dtype: torch.dtype = torc
     for m in (unet, vae, te):
         m.to(device).eval().requires_grad_(False)
     host = DiffusersHost(unet, vae, te, tok, sched.alphas_cumprod, sched.config.get("prediction_type", "epsilon"),
-                         family="toy")
+                         family=family)
     host._alphas = host._alphas.to(host.device)
     return host
 
