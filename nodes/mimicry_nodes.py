@@ -1,4 +1,8 @@
-"""ComfyUI node of the Mimicry Test block: fine-tune on each training set, generate, score, draw the report card."""
+"""ComfyUI node of the Mimicry Test block: fine-tune on each training set, generate, score, draw the report card.
+
+Style is judged by the offline descriptor, or, when the optional ``clip_vision`` input is connected, by that CLIP
+vision model's image embedding (:mod:`nodes.clip_vision`); the report's ``style_embedding`` says which ran.
+"""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -6,6 +10,7 @@ from comfy_api.latest import io
 from protect_core.mimicry.runner import run_mimicry_test
 from protect_core.mimicry.settings import DEFAULT_LR, MimicrySettings
 
+from .clip_vision import ComfyClipVisionEmbedder
 from .comfy_glue import (comfy_errors, comfy_to_list, json_safe, make_progress, memory_input, pil_to_comfy,
                          to_json)
 from .comfy_host import ComfyHost
@@ -53,6 +58,10 @@ class MimicryTest(io.ComfyNode):
                                 tooltip="Name of the third training set."),
                 LayerSelectionType.Input("layers", optional=True, tooltip="Fine-tune only these cross-attention "
                                          "layers (default: all attention)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Judge style with this CLIP vision model (from Load CLIP Vision; "
+                                            "CLIP cosine, the usual mimicry score). Not connected: the built-in "
+                                            "offline descriptor."),
                 io.Int.Input("sample_steps", default=25, min=1, max=1000, optional=True,
                              tooltip="DDIM steps per generated image (fewer = faster, rougher samples)."),
                 io.Int.Input("reference_samples", default=8, min=1, max=256, optional=True,
@@ -60,14 +69,15 @@ class MimicryTest(io.ComfyNode):
                 memory_input(),
             ],
             outputs=[io.Image.Output("report_card", tooltip="Generated images per condition and score bars."),
-                     io.String.Output("report", tooltip="JSON with every number and setting, and the verdict.")],
+                     io.String.Output("report", tooltip="JSON with every number and setting, the style embedding "
+                                      "that judged, and the verdict.")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, clean, train, train_name, model, clip, vae, method, steps, rank, lr, samples, resolution,
                 seed, train_2=None, train_2_name="purified", train_3=None, train_3_name="set3",
-                layers=None, sample_steps=25, reference_samples=8, memory="auto") -> io.NodeOutput:
+                layers=None, clip_vision=None, sample_steps=25, reference_samples=8, memory="auto") -> io.NodeOutput:
         if samples < MIN_SAMPLES or reference_samples < MIN_SAMPLES:
             raise ValueError(f"Mimicry Test: samples = {samples} and reference_samples = {reference_samples}; each "
                              f"needs at least {MIN_SAMPLES} for a standard error at all, and {GOOD_SAMPLES} or more "
@@ -84,10 +94,11 @@ class MimicryTest(io.ComfyNode):
                                    resolution=resolution, seed=seed, sample_steps=sample_steps,
                                    reference_samples=reference_samples,
                                    layers=layers.names if layers is not None else None)
+        embedder = ComfyClipVisionEmbedder(clip_vision) if clip_vision is not None else None  # None: descriptor
         with comfy_errors():
             host = ComfyHost(model, clip, vae)
-            report = run_mimicry_test(host, clean_list, sets, settings,
-                                      make_progress(0, cls.hidden.unique_id), memory=memory)
+            report = run_mimicry_test(host, clean_list, sets, settings, make_progress(0, cls.hidden.unique_id),
+                                      embedder=embedder, memory=memory)
         data = report.to_dict()
         return io.NodeOutput(pil_to_comfy(report.card()), to_json(data),
                              ui={"stylecloak_mimicry": [json_safe(data)], "stylecloak_memory": [{"asked": memory}]})

@@ -251,13 +251,27 @@ def purify_job(host_factory, inputs: Sequence[Path], *, out_root, method: str = 
     return JobResult(folder, files, gallery, report, f"Purified {len(rows)} image(s) with {label}{used} -> {folder}")
 
 
+def style_embedder(clip_vision: str | None):
+    """The Mimicry Test's judge: ``None`` (the offline descriptor) for an empty field, else the local transformers
+    CLIP vision folder's :class:`~protect_core.mimicry.style.ClipVisionEmbedder` (a bad folder: one ModelError line;
+    nothing is downloaded)."""
+    folder = (clip_vision or "").strip().strip('"')
+    if not folder:
+        return None
+    from protect_core.mimicry.style import ClipVisionEmbedder
+
+    return ClipVisionEmbedder(folder)
+
+
 def mimicry_job(host_factory, clean: Sequence[Path], train_sets: dict[str, Sequence[Path]], *, out_root,
                 method: str = "lora", steps: int = 200, rank: int = 4, lr: float = 0.0, samples: int = 8,
-                resolution: int = 512, seed: int = 0, layers: str = "", memory: str = "auto",
+                resolution: int = 512, seed: int = 0, layers: str = "", memory: str = "auto", clip_vision: str = "",
                 progress: Progress | None = None, **expert) -> JobResult:
     """Fine-tune on each training set, generate, score; writes report.json and report.png (the report card).
 
-    ``expert``: any other :class:`~protect_core.mimicry.settings.MimicrySettings` field (e.g. ``sample_steps``)."""
+    ``clip_vision``: a local CLIP vision model folder that judges style (empty: the offline descriptor); it is
+    loaded before the model work, so a bad folder fails at once. ``expert``: any other
+    :class:`~protect_core.mimicry.settings.MimicrySettings` field (e.g. ``sample_steps``)."""
     from protect_core.mimicry.runner import run_mimicry_test
     from protect_core.mimicry.settings import MimicrySettings
 
@@ -265,12 +279,14 @@ def mimicry_job(host_factory, clean: Sequence[Path], train_sets: dict[str, Seque
         raise StyleCloakError("give at least one training set (e.g. the cloaked images)")
     clean_imgs = load_all(clean)
     sets = {name: load_all(paths) for name, paths in train_sets.items()}
+    embedder = style_embedder(clip_vision)
     host = host_factory()
     settings = MimicrySettings(method=method, steps=int(steps), rank=int(rank), lr=float(lr) or None,
                                samples=int(samples), resolution=int(resolution), seed=int(seed),
                                layers=parse_layers(layers, host), **expert)
-    report = run_mimicry_test(host, clean_imgs, sets, settings, progress, memory=memory)
+    report = run_mimicry_test(host, clean_imgs, sets, settings, progress, embedder=embedder, memory=memory)
     card = report.card()
     folder, files = write_job(out_root, "mimicry", lambda d: [Path(p).name for p in report.save(d).values()])
     return JobResult(folder, files, [(card, "report card")], report.to_dict(),
-                     f"Mimicry test verdict: {report.verdict}{memory_used([report.memory])} -> {folder}")
+                     f"Mimicry test verdict: {report.verdict} [style embedding: {report.embedder}]"
+                     f"{memory_used([report.memory])} -> {folder}")

@@ -24,6 +24,10 @@ INTRO = ("<p><b>StyleCloak</b> protects artwork against style mimicry with the c
          "only borrowed: it is exactly as it was afterwards. Results are lossless PNG; JPEG or resizing weakens a "
          "cloak. The Interrupt button stops a job and leaves no files.</p>")
 
+#: The Mimicry Test's judge field: a local transformers CLIP vision folder, or empty for the offline descriptor.
+CLIP_VISION_LABEL = ("Style judge: a local CLIP vision model folder (transformers CLIPVisionModelWithProjection or "
+                     "CLIPModel; empty = the built-in offline descriptor; nothing is downloaded)")
+
 
 def _methods() -> list[str]:
     from protect_core.cloak.base import available_methods
@@ -60,6 +64,8 @@ SETTINGS = {
     "stylecloak_sdxl_size": (1024, "SDXL size conditioning (px)", "slider", (256, 2048, 64)),
     "stylecloak_purifier": ("impress", "Default purifier", "dropdown", _purifiers),
     "stylecloak_mimicry_steps": (200, "Default mimicry-test fine-tuning steps", "slider", (0, 2000, 10)),
+    "stylecloak_clip_vision": ("", "Default mimicry-test style judge: a local CLIP vision model folder (empty = the "
+                               "offline descriptor)", "text", None),
     "stylecloak_memory": ("auto", "Memory mode for cloak, purify and mimicry test (auto: the fastest that fits the "
                           "free GPU memory; on out-of-memory the next lower mode is used automatically)", "radio",
                           _memory_modes),
@@ -177,7 +183,8 @@ def purify_click(task_id, files, folder, method, chain, params, seed):
 
 
 def mimicry_click(task_id, clean_files, clean_folder, train_files, train_folder, train_name, train2_files,
-                  train2_folder, train2_name, method, steps, rank, samples, resolution, seed, layers):
+                  train2_folder, train2_name, method, steps, rank, samples, resolution, seed, layers,
+                  clip_vision=""):
     def job(progress, state):
         sets = {(train_name or "cloaked").strip(): jobs.gather_inputs(train_files, train_folder)}
         if train2_files or (train2_folder or "").strip():
@@ -189,7 +196,7 @@ def mimicry_click(task_id, clean_files, clean_folder, train_files, train_folder,
                                 out_root=opt("stylecloak_outdir"), method=method, steps=int(steps),
                                 rank=int(rank), samples=int(samples), resolution=int(resolution),
                                 seed=int(seed or 0), layers=layers, memory=opt("stylecloak_memory"),
-                                progress=progress)
+                                clip_vision=clip_vision or "", progress=progress)
 
     return run_job("mimicry test", job, 4, lambda r: (r.gallery[0][0], _files(r), r.report))
 
@@ -320,11 +327,14 @@ def build_tab():
                         resolution = gr.Slider(label="Resolution (px)", minimum=64, maximum=1024, step=64, value=512)
                         seed_m = gr.Number(label="Seed", value=0, precision=0)
                         layers_m = gr.Textbox(label="Layer selection (optional; default all attention layers)")
+                        clip_m = gr.Textbox(label=CLIP_VISION_LABEL, value=str(opt("stylecloak_clip_vision") or ""),
+                                            placeholder="C:/models/clip-vit-large-patch14")
                         run_m = gr.Button("Run mimicry test", variant="primary")
                     with gr.Column():
                         out_m = _results(gr, "mimicry", image=True)
                 _click(run_m, mimicry_click, [task_m, clean_f, clean_d, train_f, train_d, name1, train2_f, train2_d,
-                                              name2, mmethod, msteps, rank, samples, resolution, seed_m, layers_m],
+                                              name2, mmethod, msteps, rank, samples, resolution, seed_m, layers_m,
+                                              clip_m],
                        list(out_m), "mimicry")
     return tab
 

@@ -266,6 +266,14 @@ export function reportRows(report) {
   });
 }
 
+// The judge line: which style embedding scored the test ("style embedding: descriptor" / "clip_vision (...)").
+export function judgeLine(report) {
+  const judge = isRecord(report?.style_embedding) ? report.style_embedding : {};
+  const name = typeof judge.judge === "string" ? judge.judge : report?.embedder;
+  const source = typeof judge.source === "string" && judge.source ? ` (${judge.source})` : "";
+  return typeof name === "string" && name ? `style embedding: ${name}${source}` : "";
+}
+
 function showReport(node, report, asked) {
   if (!report || typeof report !== "object") return;
   const rows = reportRows(report);
@@ -280,6 +288,8 @@ function showReport(node, report, asked) {
   box.append(el("div", "", `sanity check: ${sanity.passed ? "passed" : "not passed"} (gain ${fmt(sanity.gain)}, ` +
     `margin ${fmt(sanity.margin)})${seconds}`));
   if (sanity.diagnosis) box.append(el("div", "", sanity.diagnosis));
+  const judge = judgeLine(report);
+  if (judge) box.append(el("div", "", judge));
   const memory = memoryElement(report.memory, asked);
   if (memory) box.append(memory);
   const table = el("table");

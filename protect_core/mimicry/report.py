@@ -34,6 +34,7 @@ class MimicryReport:
     ceiling: dict = field(default_factory=dict)                  # scores of the clean art's VAE round trip
     ceiling_images: torch.Tensor | None = field(default=None, repr=False)
     memory: dict | None = None                                   # memory mode used, out-of-memory fallbacks
+    style_embedding: dict | None = None                          # the judge: {"judge", "source", "dimensions"}
 
     @property
     def inconclusive(self) -> bool:
@@ -42,8 +43,8 @@ class MimicryReport:
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "sanity_check": self.sanity, "conditions": self.conditions,
                 "ceiling_clean_vae_roundtrip": self.ceiling, "references": self.references,
-                "embedder": self.embedder, "settings": self.settings,
-                "model": self.model, "memory": self.memory, "seconds": self.seconds}
+                "embedder": self.embedder, "style_embedding": self.style_embedding or {"judge": self.embedder},
+                "settings": self.settings, "model": self.model, "memory": self.memory, "seconds": self.seconds}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
@@ -129,8 +130,9 @@ def draw_card(report: MimicryReport, max_samples: int = 8):
     d.text((8, 20), _fit(report.verdict, width // 6), fill=(180, 0, 0) if report.inconclusive else (0, 90, 0),
            font=font)
     s = report.settings
-    d.text((8, 32), _fit(f"{s['method']} rank {s['rank']} lr {s['lr']:g} steps {s['steps']} | {report.embedder} "
-                         f"| {s['samples']} samples, seed {s['seed']}", width // 6), fill="gray", font=font)
+    d.text((8, 32), _fit(f"{s['method']} rank {s['rank']} lr {s['lr']:g} steps {s['steps']} | style embedding: "
+                         f"{report.embedder} | {s['samples']} samples, seed {s['seed']}", width // 6), fill="gray",
+           font=font)
     y = header_h
     for name, imgs in rows:
         d.text((6, y + THUMB // 2 - 6), _fit(name, 17), fill="black", font=font)

@@ -164,6 +164,7 @@ def run_mimicry_test(host, clean_images, train_sets: Mapping[str, object],
     _verdicts(conditions, sanity)
     return MimicryReport(
         settings=settings.to_dict(), model=host.describe(), embedder=getattr(embedder, "name", "custom"),
+        style_embedding=style_embedding(embedder, ref_emb),
         references={"artist": len(clean), **{n: len(v) for n, v in refs.items()},
                     "nearest_centroid_reference_accuracy": round(nc.training_accuracy(ref_emb), 6)},
         conditions=conditions, sanity=sanity, verdict=_overall(conditions, sanity),
@@ -198,9 +199,27 @@ def _model_work(host, settings: MimicrySettings, clean, train: dict, refs, embed
     ceiling_images = vae_roundtrip(host, clean, settings.batch_size)
     embedder = embedder or DescriptorEmbedder(host, seed=settings.seed)
     embedder.fit(torch.cat([clean, *refs.values()]))
-    ref_emb = {"artist": embedder.embed(clean), **{n: embedder.embed(v) for n, v in refs.items()}}
-    gen_emb = {name: embedder.embed(imgs) for name, imgs in {**images, CEILING: ceiling_images}.items()}
+    ref_emb = {"artist": _embed(embedder, clean), **{n: _embed(embedder, v) for n, v in refs.items()}}
+    gen_emb = {name: _embed(embedder, imgs) for name, imgs in {**images, CEILING: ceiling_images}.items()}
+    if len({e.shape[1] for e in [*ref_emb.values(), *gen_emb.values()]}) > 1:
+        raise ValueError(f"style embedding {getattr(embedder, 'name', 'custom')!r} gave rows of different widths "
+                         "within one test")
     return images, conditions, refs, ceiling_images, embedder, ref_emb, gen_emb
+
+
+def _embed(embedder: StyleEmbedder, images01: torch.Tensor) -> torch.Tensor:
+    """``embedder.embed`` with its promise checked: one finite (B, D) row per image."""
+    emb = torch.as_tensor(embedder.embed(images01)).float().cpu()
+    if emb.ndim != 2 or emb.shape[0] != images01.shape[0] or emb.shape[1] < 1 or not torch.isfinite(emb).all():
+        raise ValueError(f"style embedding {getattr(embedder, 'name', 'custom')!r} gave shape {tuple(emb.shape)} "
+                         f"for {images01.shape[0]} image(s); it must give one finite (B, D) row per image")
+    return emb
+
+
+def style_embedding(embedder: StyleEmbedder, ref_emb: dict) -> dict:
+    """What judged style in this test (the report's ``style_embedding``): name, source and width."""
+    return {"judge": getattr(embedder, "name", "custom"), "source": getattr(embedder, "source", None),
+            "dimensions": int(ref_emb["artist"].shape[1])}
 
 
 @torch.no_grad()

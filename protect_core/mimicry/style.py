@@ -19,12 +19,17 @@
   similarities of these embeddings are then comparable across all conditions of one test (never across tests).
 * :class:`ClipVisionEmbedder`: the image embedding of a CLIP vision model the user already has on disk (a
   transformers folder); nothing is downloaded. Cosine of CLIP embeddings is the peers' usual style similarity.
+  (The ComfyUI node passes the graph's CLIP_VISION through an adapter of the same name, ``clip_vision``.)
 
-Any object with ``name``, ``fit(images01)`` and ``embed(images01) -> (B, D)`` (L2-normalised) can be passed instead.
+Any object with ``name``, ``fit(images01)`` and ``embed(images01) -> (B, D)`` (L2-normalised) can be passed instead;
+an optional ``source`` attribute (a short text: where the embedding comes from) goes into the report.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -140,6 +145,7 @@ class DescriptorEmbedder:
     """Offline style descriptor (see module doc). ``host`` adds the VAE-latent group; ``None`` leaves it out."""
 
     name = "descriptor"
+    source = "built in, offline"
 
     def __init__(self, host=None, seed: int = 0):
         self.host = host
@@ -193,20 +199,21 @@ class DescriptorEmbedder:
 
 
 class ClipVisionEmbedder:
-    """Image embeddings of a local CLIP vision model (a transformers folder or model object); never downloads."""
+    """Image embeddings of a local CLIP vision model (a transformers folder or model object); never downloads.
 
-    name = "clip"
+    A folder must hold a ``CLIPVisionModelWithProjection`` (or a whole ``CLIPModel``, whose vision half is used);
+    anything else -- no such folder, no ``config.json``, another model type, no weights or weights that do not fit --
+    raises one :class:`~protect_core.errors.ModelError` line naming the folder.
+    """
+
+    name = "clip_vision"
 
     def __init__(self, model, batch: int = 16, device: str | torch.device = "cpu"):
-        from transformers import CLIPVisionModelWithProjection
-
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            try:
-                model = CLIPVisionModelWithProjection.from_pretrained(str(model), local_files_only=True)
-            except Exception as e:  # transformers raises many types; the user needs the path and reason
-                from ..errors import ModelError
-
-                raise ModelError(f"{model}: cannot load a CLIP vision model from this folder ({e})") from None
+            self.source = os.fsdecode(model)
+            model = _load_clip_vision(Path(self.source).expanduser())
+        else:
+            self.source = f"model object {type(model).__name__}"
         self.model = model.to(device).eval()
         self.model.requires_grad_(False)
         self.device, self.batch = torch.device(device), batch
@@ -227,3 +234,48 @@ class ClipVisionEmbedder:
             emb = getattr(res, "image_embeds", None)
             out.append((emb if emb is not None else res.pooler_output).float().cpu())
         return F.normalize(torch.cat(out), dim=1)
+
+
+def _load_clip_vision(folder: Path):
+    """``CLIPVisionModelWithProjection`` from a local folder (``local_files_only``), or one ModelError line."""
+    from ..errors import ModelError
+
+    where = f"CLIP vision folder {folder}"
+    if not folder.is_dir():
+        raise ModelError(f"{where}: no such folder (give a local transformers CLIP vision model folder, or leave "
+                         "it empty for the offline descriptor; nothing is downloaded)")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{where}: no config.json, so not a transformers model folder")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        kind = config.get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"{where}: unreadable config.json ({e})") from None
+    if kind not in ("clip_vision_model", "clip"):
+        raise ModelError(f"{where}: its config.json is for model_type {kind}, not a CLIP vision model; use a "
+                         "CLIPVisionModelWithProjection or CLIPModel folder")
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers.utils import logging as hf_logging
+
+    extra = {}
+    if kind == "clip":  # a whole CLIPModel: its vision half, with the projection width of the whole model
+        vision = dict(config.get("vision_config") or {})
+        vision["projection_dim"] = config.get("projection_dim", vision.get("projection_dim", 512))
+        extra["config"] = CLIPVisionConfig.from_dict(vision)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # what is wrong is reported below, in one line, not as warnings
+    try:
+        model, info = CLIPVisionModelWithProjection.from_pretrained(str(folder), local_files_only=True,
+                                                                    output_loading_info=True, **extra)
+    except Exception as e:  # transformers raises many types; the user needs the folder and the reason, in one line
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "mismatched" in reason:  # its table of sizes went to the log, not into the message
+            reason = "its weights do not fit its config.json: tensor sizes differ"
+        raise ModelError(f"{where}: cannot load a CLIP vision model ({reason})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise ModelError(f"{where}: not a CLIP vision model ({len(missing)} of its weights are missing, e.g. "
+                         f"{missing[0]}); use a CLIPVisionModelWithProjection or CLIPModel folder")
+    return model
