@@ -7,6 +7,11 @@ and cancellation. Methods see images as float tensors ``(B, 3, H, W)`` in ``[0, 
 
 Lifecycle for one batch (or one joint set): ``prepare`` once, then for each step ``loss`` (the optimiser steps the
 image on its gradient), then ``after_step`` (surrogate updates: ASPL, CAAT, StyleProtect, Mist-v2's LoRA).
+
+Progress: the optimiser reports each image step. A method whose ``prepare`` or ``after_step`` runs model work of its
+own (an img2img target, a surrogate fine-tune, training steps between image steps) says how many units it takes in
+``prepare_steps`` / ``inner_steps`` (from the settings alone, so the runner can announce the whole run up front)
+and calls :meth:`CloakMethod.work_step` once per unit, exactly that many times.
 """
 from __future__ import annotations
 
@@ -72,6 +77,24 @@ class CloakMethod:
 
     def after_step(self, host, x: torch.Tensor, step: int, generator: torch.Generator) -> None:
         """Optional surrogate update after each image step (``x`` is detached)."""
+
+    def prepare_steps(self, settings: CloakSettings) -> int:
+        """Progress units ``prepare`` reports through :meth:`work_step` (0: it does no long work)."""
+        return 0
+
+    def inner_steps(self, settings: CloakSettings) -> int:
+        """Progress units all ``after_step`` calls of one run report through :meth:`work_step` together."""
+        return 0
+
+    def work_step(self, **info) -> None:
+        """One announced unit of the method's own work done: moves the bar (raises Cancelled when stopped)."""
+        progress = getattr(self, "work_progress", None)
+        if progress is not None:
+            progress.step(**info)
+        else:
+            check = getattr(self, "cancel_check", None)
+            if check is not None:
+                check()
 
 
 METHODS: dict[str, type[CloakMethod]] = {}

@@ -104,22 +104,62 @@ def _objective(method: CloakMethod, host, x: torch.Tensor, seed: int) -> float:
         return float(fn(host, x, 0, torch.Generator().manual_seed(seed + 104729)))
 
 
-def _step_loss(method, host, x, step, generator, settings, robust_gen) -> torch.Tensor:
+def image_step_units(settings: CloakSettings) -> int:
+    """Progress updates one image step makes: one, or one per robust sample (each its own forward+backward)."""
+    return int(settings.robust_samples) if settings.robust else 1
+
+
+def progress_steps(method: CloakMethod, settings: CloakSettings) -> int:
+    """Every progress update one :func:`optimize` call of ``method`` with resolved ``settings`` makes: the image
+    steps (times the robust samples) plus the method's own ``prepare_steps`` and ``inner_steps``."""
+    return (int(settings.steps) * image_step_units(settings) + max(0, int(method.prepare_steps(settings)))
+            + max(0, int(method.inner_steps(settings))))
+
+
+def _hinge(x, clean, loss_value: float, weight: float, budget, kind) -> torch.Tensor:
+    """Scale-free hinge: weight * |current loss| per unit of relative excess over the perceptual budget."""
+    over = torch.relu(perceptual_distance(x, clean, kind) - float(budget)) / float(budget)
+    return weight * max(abs(loss_value), 1e-8) * over.sum()
+
+
+def _step_grad(method, host, clean, delta, step, gen, settings, robust_gen, weight, mem, progress):
+    """(scaled gradient of the step's objective w.r.t. ``delta``, the method's loss). Robust: each sample is
+    back-propagated on its own (the gradient of the mean is the mean of the gradients; one graph at a time) and
+    reported, but the last, as a progress update of its own (the step's update follows)."""
+    budget, kind = settings.perceptual_budget, settings.perceptual_kind
     if not settings.robust:
-        return method.loss(host, x, step, generator)
-    names = settings.options.get("robust_transforms")
-    losses = [method.loss(host, random_transform(x, robust_gen, names), step, generator)
-              for _ in range(int(settings.robust_samples))]
-    return torch.stack(losses).mean()
+        x = clean + delta
+        loss = method.loss(host, x, step, gen)
+        total = loss
+        if weight:
+            total = total + _hinge(x, clean, float(loss.detach()), weight, budget, kind)
+        (grad,) = torch.autograd.grad(total * mem.loss_scale, delta)  # scale 1.0 is exact: no-op
+        return grad, float(loss.detach())
+    names, n = settings.options.get("robust_transforms"), int(settings.robust_samples)
+    grad, value = torch.zeros_like(delta), 0.0
+    for k in range(n):
+        loss = method.loss(host, random_transform(clean + delta, robust_gen, names), step, gen)
+        grad += torch.autograd.grad(loss * (mem.loss_scale / n), delta)[0]
+        value += float(loss.detach()) / n
+        if k + 1 < n:
+            progress.step(phase="robust", sample=k + 1)
+    if weight:
+        grad += torch.autograd.grad(_hinge(clean + delta, clean, value, weight, budget, kind) * mem.loss_scale,
+                                    delta)[0]
+    return grad, value
 
 
 def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakSettings,
-             progress: Progress | None = None, channel_tied: bool = False, memory=None):
+             progress: Progress | None = None, channel_tied: bool = False, memory=None, announced: bool = False):
     """Cloak a batch ``images01`` (B, 3, H, W) in [0, 1] with ``method`` under resolved ``settings``.
 
     Returns ``(cloaked01, info)``; ``info`` has objective_before/after (the method's objective on the clean and the
     final image, same randomness), steps, seconds, losses (per step), perceptual (per image, or None).
-    One ``progress.step(loss=...)`` per step; a cancelled progress raises ``Cancelled`` within one step.
+    Progress: :func:`progress_steps` updates in all, one ``progress.step(loss=...)`` per image step plus the
+    method's own (prepare work, training between steps, robust samples: each with a ``phase``); the caller has
+    counted ``settings.steps`` of them in the total and this adds the rest before the first step, or
+    ``announced=True``: the caller counted them all (the runner, up front for every batch). A cancelled progress
+    raises ``Cancelled`` within one unit of work.
     Options read from ``settings.options``: ``perceptual_weight`` (hinge weight, default 10, in units of the current
     loss's magnitude per relative excess over the budget), ``random_start`` (uniform start in the budget, default False),
     ``robust_transforms`` (subset of robust.TRANSFORMS).
@@ -141,46 +181,44 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
         gen = torch.Generator().manual_seed(int(settings.seed))
         robust_gen = torch.Generator().manual_seed(int(settings.seed) + 7919)
         progress.check()
+        start, units = progress.done, progress_steps(method, settings)
+        if not announced:
+            progress.add_total(units - steps)
         method.cancel_check = progress.check  # long prepare() loops may call it (raises Cancelled)
-        # a method whose prepare() does real work (an img2img target, a surrogate fine-tune, a learned pattern)
-        # says how many steps it takes and reports each one, so the bar moves during that phase too
-        extra = int(method.prepare_steps(settings)) if hasattr(method, "prepare_steps") else 0
-        progress.add_total(max(extra, 0))
-        method.prepare_progress = progress if extra > 0 else None
-        method.prepare(host, clean, settings, gen)
-        method.prepare_progress = None
-        progress.check()
-        before = _objective(method, host, clean, int(settings.seed))
-        lo, hi = box_bounds(clean, eps, channel_tied)
-        delta = torch.zeros(lo.shape, device=clean.device)
-        if opts.get("random_start"):
-            delta = (torch.rand(lo.shape, generator=gen) * 2 - 1).to(clean.device) * eps
-        delta = torch.maximum(torch.minimum(delta, hi), lo).requires_grad_(True)
-        adam = torch.optim.Adam([delta], lr=lr) if settings.optimizer == "adam" else None
-        weight = float(opts.get("perceptual_weight", 10.0)) if budget is not None else 0.0
-        losses = []
-        for step in range(steps):
-            x = clean + delta
-            loss = _step_loss(method, host, x, step, gen, settings, robust_gen)
-            total = loss
-            if weight:
-                # scale-free hinge: weight * |current loss| per unit of relative excess over the budget
-                over = torch.relu(perceptual_distance(x, clean, kind) - float(budget)) / float(budget)
-                total = total + weight * max(abs(float(loss.detach())), 1e-8) * over.sum()
-            (grad,) = torch.autograd.grad(total * mem.loss_scale, delta)  # scale 1.0 is exact: no-op
-            grad = mem.unscale(grad)   # fp16: loss scaling; None = overflow, this step is skipped
-            grad = torch.zeros_like(delta) if grad is None else grad
-            with torch.no_grad():
-                if adam is not None:
-                    delta.grad = grad
-                    adam.step()
-                    delta.grad = None
-                else:
-                    delta -= lr * grad.sign()
-                delta.copy_(torch.maximum(torch.minimum(delta, hi), lo))
-            method.after_step(host, (clean + delta).detach(), step, gen)
-            losses.append(float(loss.detach()))
-            progress.step(loss=losses[-1])
+        # a method whose prepare() or after_step() does model work of its own (an img2img target, a surrogate
+        # fine-tune, training between image steps) reports each unit through method.work_step()
+        method.work_progress = progress
+        try:
+            method.prepare(host, clean, settings, gen)
+            progress.check()
+            before = _objective(method, host, clean, int(settings.seed))
+            lo, hi = box_bounds(clean, eps, channel_tied)
+            delta = torch.zeros(lo.shape, device=clean.device)
+            if opts.get("random_start"):
+                delta = (torch.rand(lo.shape, generator=gen) * 2 - 1).to(clean.device) * eps
+            delta = torch.maximum(torch.minimum(delta, hi), lo).requires_grad_(True)
+            adam = torch.optim.Adam([delta], lr=lr) if settings.optimizer == "adam" else None
+            weight = float(opts.get("perceptual_weight", 10.0)) if budget is not None else 0.0
+            losses = []
+            for step in range(steps):
+                grad, loss = _step_grad(method, host, clean, delta, step, gen, settings, robust_gen, weight, mem,
+                                        progress)
+                grad = mem.unscale(grad)   # fp16: loss scaling; None = overflow, this step is skipped
+                grad = torch.zeros_like(delta) if grad is None else grad
+                with torch.no_grad():
+                    if adam is not None:
+                        delta.grad = grad
+                        adam.step()
+                        delta.grad = None
+                    else:
+                        delta -= lr * grad.sign()
+                    delta.copy_(torch.maximum(torch.minimum(delta, hi), lo))
+                losses.append(loss)
+                progress.step(loss=losses[-1])
+                method.after_step(host, (clean + delta).detach(), step, gen)
+        finally:
+            method.work_progress = None
+        progress.catch_up(start + units)   # a method that reported fewer units than it announced
         cloaked, dist = finalize(clean, delta.detach().expand_as(clean), eps, budget, kind)
         after = _objective(method, host, cloaked, int(settings.seed))
     info = {"objective_before": before, "objective_after": after, "steps": steps,

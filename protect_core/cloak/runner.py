@@ -10,6 +10,9 @@ Randomness: each batch is seeded from the run's seed and the identities (``keys`
 pieces in it, and the batches are planned over every image, ``skip`` ones included (images whose outputs already
 exist: a batch of only skipped images is not run, a mixed one is run whole and only its other images returned), so
 a resumed run produces the bytes of an uninterrupted one.
+Progress: every update of the run (each batch's :func:`~protect_core.cloak.optimize.progress_steps`: image steps and
+the method's own prepare and training units) is announced before the first; a batch retried after out-of-memory
+counts its updates once, and a re-planning adds (or removes) exactly the updates of the batches it changed.
 Memory: a mode (:mod:`protect_core.memory`, default ``auto``) is chosen once per call from the largest batch; a
 batch that runs out of memory is retried in the next lower mode (said in the log and in ``stats["memory"]``); when
 that mode caps the tile size below the batch's pieces (``low``: 512 px), every unfinished image is planned again in
@@ -31,7 +34,7 @@ from ..memory import resolve_memory, run_with_fallback
 from ..metrics import image_stats, perceptual_distance
 from ..progress import Progress
 from .base import CloakMethod, CloakSettings, get_method
-from .optimize import finalize, optimize, validate_settings
+from .optimize import finalize, optimize, progress_steps, validate_settings
 from .tiling import Box, blend, tile_boxes
 
 log = logging.getLogger(__name__)
@@ -145,7 +148,8 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     pieces, padded_sizes, boxes = plan_pieces(images, f, tile, overlap, tied)
     queue = [b for b in batch_pieces(pieces, ref.joint, batch_size) if not all(skip[p.index] for p in b)]
     progress = progress or Progress()
-    progress.add_total(len(queue) * int(s.steps))
+    units = progress_steps(ref, s)               # every update of one batch, prepare and training work included
+    progress.add_total(len(queue) * units)       # the whole run, announced before the first step
 
     pending = [len(b) for b in boxes]
     overlaps = [overlap] * len(images)
@@ -168,7 +172,7 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             method = get_method(s.method)                 # fresh state per batch (and per retry)
             seed = batch_seed(int(s.seed), [_piece_key(keys, boxes, p) for p in batch])
             return optimize(host, method, x, dataclasses.replace(s, seed=seed), progress,
-                            channel_tied=batch[0].tied, memory=m)
+                            channel_tied=batch[0].tied, memory=m, announced=True)
 
         work = f"cloaking {len(batch)} piece(s) of {x.shape[-1]}x{x.shape[-2]} px"
         try:
@@ -188,7 +192,7 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             remaining = len(queue) + 1
             unfinished = set(redo)
             queue = batch_pieces([p for p in fresh if p.index in unfinished], ref.joint, batch_size)
-            progress.add_total((len(queue) - remaining) * int(s.steps))
+            progress.add_total((len(queue) - remaining) * units)
             continue
         info["memory"]["fallbacks"] = replanned + fallbacks
         for p, c in zip(batch, cloaked.cpu()):

@@ -234,18 +234,15 @@ class SurrogateAttack(CloakMethod):
         if check is not None:
             check()
 
-    def _prepare_step(self, **info) -> None:
-        """One step of the work prepare() declared in ``prepare_steps`` (moves the bar; raises Cancelled)."""
-        progress = getattr(self, "prepare_progress", None)
-        if progress is not None:
-            progress.step(**info)
-        else:
-            self._check()
-
 
 def repeat_draws(z: torch.Tensor, samples: int) -> torch.Tensor:
     """``samples`` copies of the batch, so each row gets its own (t, noise) draw."""
     return z.repeat(samples, *([1] * (z.ndim - 1))) if samples > 1 else z
+
+
+def round_starts(steps: int, every: int) -> int:
+    """How many surrogate rounds start *between* image steps: after each ``every``-th step but the last."""
+    return max(0, int(steps) - 1) // int(every)
 
 
 def option_int(opts: dict, key: str, minimum: int = 0, default: int | None = None) -> int:
@@ -275,6 +272,10 @@ class KVAlternation(SurrogateAttack):
         self.info.update(layers=list(layers), layer_choice=how, trained_weights=list(targets),
                          trained_parameters=self.trainer.adapter.num_parameters(), lr=float(self.opts["lr"]))
 
+    def inner_steps(self, settings) -> int:
+        """``train_steps`` copy updates after every image step, one progress unit each."""
+        return int(settings.steps) * option_int(settings.options, "train_steps")
+
     def attack_overrides(self):
         return self.trainer.overrides()
 
@@ -284,4 +285,5 @@ class KVAlternation(SurrogateAttack):
         with torch.no_grad():
             z = latents_of(host, x)
         for _ in range(self.train_steps):
-            self.trainer.step(host, z, self.cond, generator, self.train_batch, self.t_range)
+            loss = self.trainer.step(host, z, self.cond, generator, self.train_batch, self.t_range)
+            self.work_step(phase="surrogate", loss=loss)

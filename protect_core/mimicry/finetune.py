@@ -21,7 +21,7 @@ from ..diffusion import denoising_loss
 from ..lora import LoRA, WeightCopies, attention_targets
 from ..progress import Progress
 from ..memory_job import MemoryJob, active_memory, run_in_memory_mode, unscale_grads
-from ..sampling import txt2img
+from ..sampling import txt2img as _txt2img
 from .settings import MimicrySettings
 
 
@@ -67,8 +67,35 @@ def make_adapter(host, settings: MimicrySettings):
     return WeightCopies(host, targets)
 
 
+def _batches(n: int, batch: int) -> int:
+    return -(-int(n) // int(batch))
+
+
+def sampling_steps(settings: MimicrySettings, n: int) -> int:
+    """Progress updates of generating ``n`` images: each DDIM step of each sample batch (see :func:`txt2img`)."""
+    return _batches(n, settings.sample_batch) * settings.sample_steps
+
+
+def txt2img(host, prompts, *, steps: int, progress: Progress | None = None, **kw) -> torch.Tensor:
+    """:func:`protect_core.sampling.txt2img` whose last DDIM step's update comes after the VAE decode (so the
+    decode runs inside the bar, not past its end)."""
+    view = None if progress is None else progress.holding_last(steps)
+    images = _txt2img(host, prompts, steps=steps, progress=view, **kw)
+    if view is not None:
+        view.release()
+    return images
+
+
+def finetune_steps(settings: MimicrySettings, n_images: int) -> int:
+    """Progress updates of one :func:`finetune` on ``n_images``: one per VAE-encoded batch of the training (and,
+    with prior preservation, class) images, then one per training step."""
+    prior = _batches(settings.prior_images, settings.batch_size) if settings.prior_preservation else 0
+    return _batches(n_images, settings.batch_size) + prior + settings.steps
+
+
 def prior_images(host, settings: MimicrySettings, progress: Progress | None = None) -> torch.Tensor:
-    """Class images from the *base* model for prior preservation, in [0, 1] (fixed seeds)."""
+    """Class images from the *base* model for prior preservation, in [0, 1] (fixed seeds); reports
+    :func:`sampling_steps` of ``prior_images`` updates."""
     out = []
     n, size = settings.prior_images, settings.resolution
     for i in range(0, n, settings.sample_batch):
@@ -79,13 +106,15 @@ def prior_images(host, settings: MimicrySettings, progress: Progress | None = No
     return torch.cat(out)
 
 
-def _posterior(host, images01: torch.Tensor, batch: int):
+def _posterior(host, images01: torch.Tensor, batch: int, progress: Progress | None = None):
     means, stds = [], []
     with torch.no_grad():
         for i in range(0, images01.shape[0], batch):
             m, logvar = host.posterior(images01[i:i + batch].to(host.device) * 2 - 1)
             means.append(m)
             stds.append(torch.exp(0.5 * logvar))
+            if progress is not None:
+                progress.step(phase="encode")
     return torch.cat(means), torch.cat(stds)
 
 
@@ -101,6 +130,7 @@ def finetune(host, images01: torch.Tensor, settings: MimicrySettings, progress: 
 
     ``memory``: "auto" (default), "fast", "balanced", "low" or a MemoryMode; "auto" or None inside a memory
     session the caller holds: that session. ``result.memory`` says which mode ran and any fallbacks.
+    ``progress``: :func:`finetune_steps` updates (the caller announces them).
     """
     if settings.prior_preservation and class_images01 is None:
         raise ValueError("prior preservation needs class images")
@@ -116,11 +146,12 @@ def _finetune(host, images01, settings: MimicrySettings, progress, class_images0
     """One fine-tune from the settings' seed, in whatever memory session is active."""
     adapter = make_adapter(host, settings)
     g = torch.Generator().manual_seed(settings.seed + 1)
-    mean, std = _posterior(host, images01, settings.batch_size)
+    mean, std = _posterior(host, images01, settings.batch_size, progress)
     cond = host.encode_text([settings.instance_prompt])
     prior = None
     if settings.prior_preservation:
-        prior = (*_posterior(host, class_images01, settings.batch_size), host.encode_text([settings.class_prompt]))
+        prior = (*_posterior(host, class_images01, settings.batch_size, progress),
+                 host.encode_text([settings.class_prompt]))
     params = adapter.parameters()
     for p in params:
         p.requires_grad_(True)

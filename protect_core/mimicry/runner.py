@@ -12,6 +12,10 @@ Memory: one mode for the whole run (``memory=``; ``auto`` sizes the fine-tune as
 generations as inference, and takes the lower of the two), so every condition runs with the same numerics. Out of
 memory anywhere in the model work restarts it all in the next lower mode (logged, and listed in the report's
 ``memory``); below ``low`` a :class:`~protect_core.memory.MemoryLimitError` names the settings to change.
+
+Progress: the whole run's updates are announced before the first (:func:`_total_steps`): every DDIM step of every
+generation (its VAE decode inside the last one), each fine-tune's VAE-encoded batches and training steps, each
+batch of the ceiling's round trip and each embedding; an out-of-memory restart rewinds the bar to the start.
 """
 from __future__ import annotations
 
@@ -22,9 +26,9 @@ import torch
 
 from ..progress import Progress
 from ..memory_job import MemoryJob, run_in_memory_mode
-from ..sampling import txt2img
 from . import scoring
-from .finetune import LIMIT_ADVICE, finetune, finetune_job, prior_images, select_targets
+from .finetune import (LIMIT_ADVICE, finetune, finetune_job, finetune_steps, prior_images, sampling_steps,
+                       select_targets, txt2img)
 from .report import MimicryReport
 from .settings import MimicrySettings
 from .style import DescriptorEmbedder, StyleEmbedder, stack_images
@@ -48,7 +52,8 @@ def generation_job(settings: MimicrySettings, n: int | None = None) -> MemoryJob
 def generate(host, settings: MimicrySettings, overrides=None, progress: Progress | None = None,
              n: int | None = None, seed_offset: int = 0, memory="auto") -> torch.Tensor:
     """``n`` (default ``settings.samples``) images in [0, 1] on the CPU; prompt i = prompts[i % len(prompts)].
-    ``memory``: as for :func:`~protect_core.mimicry.finetune.finetune` (out of memory: all ``n`` again)."""
+    ``memory``: as for :func:`~protect_core.mimicry.finetune.finetune` (out of memory: all ``n`` again).
+    ``progress``: :func:`~protect_core.mimicry.finetune.sampling_steps` updates (the caller announces them)."""
     n = settings.samples if n is None else n
     size = settings.resolution
 
@@ -104,13 +109,19 @@ def _check_sets(train_sets: Mapping, references: Mapping | None) -> None:
             raise ValueError("other reference sets must be a non-empty mapping without the name 'artist'")
 
 
-def _total_steps(settings: MimicrySettings, n_train: int, own_refs: bool) -> int:
-    per_gen = lambda n: settings.sample_steps * len(_chunks(settings, n))  # noqa: E731
-    total = settings.steps * (1 + n_train) + per_gen(settings.samples) * (2 + n_train)
-    if own_refs:
-        total += per_gen(settings.reference_samples)
+def _total_steps(settings: MimicrySettings, n_clean: int, train_sizes: list[int], n_refs: int | None) -> int:
+    """Every progress update of one run, announced before the first: the generations (DDIM steps), the fine-tunes
+    (encoding and training steps), the ceiling's VAE round trips and the embeddings (the judge's fit, then one per
+    image set). ``n_refs``: the caller's reference sets, None = base-model references."""
+    total = sampling_steps(settings, settings.samples) * (2 + len(train_sizes))
+    total += sum(finetune_steps(settings, n) for n in [n_clean, *train_sizes])
+    if n_refs is None:
+        total += sampling_steps(settings, settings.reference_samples)
     if settings.prior_preservation:
-        total += per_gen(settings.prior_images)
+        total += sampling_steps(settings, settings.prior_images)
+    total += -(-n_clean // settings.batch_size)                        # the ceiling: clean art through the VAE
+    # the judge's fit, then one embedding each: the artist, the reference sets, the conditions, the ceiling
+    total += 1 + 1 + (1 if n_refs is None else n_refs) + 2 + len(train_sizes) + 1
     return total
 
 
@@ -137,7 +148,8 @@ def run_mimicry_test(host, clean_images, train_sets: Mapping[str, object],
     train = {name: stack_images(imgs, size) for name, imgs in train_sets.items()}
     own_refs = None if references is None else {n: stack_images(v, size) for n, v in references.items()}
     progress = progress or Progress()
-    progress.add_total(_total_steps(settings, len(train), own_refs is None))
+    progress.add_total(_total_steps(settings, len(clean), [len(v) for v in train.values()],
+                                    None if own_refs is None else len(own_refs)))
     progress.check()
     t_start = time.perf_counter()
     jobs = [generation_job(settings, max(settings.samples, settings.reference_samples))]
@@ -196,20 +208,25 @@ def _model_work(host, settings: MimicrySettings, clean, train: dict, refs, embed
             "trainable_parameters": result.trainable_parameters, "finetune_s": round(t1 - t0, 3),
             "finetune_steps_per_s": round(settings.steps / max(t1 - t0, 1e-9), 3),
             "sampling_s_per_image": _per(t1, settings.samples)}
-    ceiling_images = vae_roundtrip(host, clean, settings.batch_size)
+    ceiling_images = vae_roundtrip(host, clean, settings.batch_size, progress)
     embedder = embedder or DescriptorEmbedder(host, seed=settings.seed)
     embedder.fit(torch.cat([clean, *refs.values()]))
-    ref_emb = {"artist": _embed(embedder, clean), **{n: _embed(embedder, v) for n, v in refs.items()}}
-    gen_emb = {name: _embed(embedder, imgs) for name, imgs in {**images, CEILING: ceiling_images}.items()}
+    progress.step(phase="embed")
+    ref_emb = {"artist": _embed(embedder, clean, progress),
+               **{n: _embed(embedder, v, progress) for n, v in refs.items()}}
+    gen_emb = {name: _embed(embedder, imgs, progress)
+               for name, imgs in {**images, CEILING: ceiling_images}.items()}
     if len({e.shape[1] for e in [*ref_emb.values(), *gen_emb.values()]}) > 1:
         raise ValueError(f"style embedding {getattr(embedder, 'name', 'custom')!r} gave rows of different widths "
                          "within one test")
     return images, conditions, refs, ceiling_images, embedder, ref_emb, gen_emb
 
 
-def _embed(embedder: StyleEmbedder, images01: torch.Tensor) -> torch.Tensor:
-    """``embedder.embed`` with its promise checked: one finite (B, D) row per image."""
+def _embed(embedder: StyleEmbedder, images01: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+    """``embedder.embed`` with its promise checked: one finite (B, D) row per image (one progress update)."""
     emb = torch.as_tensor(embedder.embed(images01)).float().cpu()
+    if progress is not None:
+        progress.step(phase="embed")
     if emb.ndim != 2 or emb.shape[0] != images01.shape[0] or emb.shape[1] < 1 or not torch.isfinite(emb).all():
         raise ValueError(f"style embedding {getattr(embedder, 'name', 'custom')!r} gave shape {tuple(emb.shape)} "
                          f"for {images01.shape[0]} image(s); it must give one finite (B, D) row per image")
@@ -223,12 +240,15 @@ def style_embedding(embedder: StyleEmbedder, ref_emb: dict) -> dict:
 
 
 @torch.no_grad()
-def vae_roundtrip(host, images01: torch.Tensor, batch: int) -> torch.Tensor:
-    """decode(encode(x)) of the clean art: the best any fine-tune of this model's UNet could produce."""
+def vae_roundtrip(host, images01: torch.Tensor, batch: int, progress: Progress | None = None) -> torch.Tensor:
+    """decode(encode(x)) of the clean art: the best any fine-tune of this model's UNet could produce (one progress
+    update per batch)."""
     out = []
     for i in range(0, images01.shape[0], batch):
         z = host.encode(images01[i:i + batch].to(host.device) * 2 - 1)
         out.append(((host.decode(z) + 1) / 2).clamp(0, 1).cpu())
+        if progress is not None:
+            progress.step(phase="ceiling")
     return torch.cat(out)
 
 

@@ -177,6 +177,8 @@ def purify(host, images01: torch.Tensor, chain, seed: int = 0, progress: Progres
     ``memory``: "auto" (default), "fast", "balanced", "low" or a MemoryMode, for chains that use the model;
     ``info["memory"]`` says which mode ran and any out-of-memory fallbacks (None for filter-only chains). Below
     ``low``: :class:`~protect_core.memory.MemoryLimitError`. ``images01`` is never written.
+    Progress: every stage's ``count_steps`` is announced before the first step (a diffusion stage counts its VAE
+    encode and decode besides its DDIM steps, IMPRESS one step per iteration), and the bar ends on that total.
     """
     x = check_images(images01)
     stages = [(get_purifier(name), params) for name, params in normalise_chain(chain)]
@@ -192,17 +194,20 @@ def purify(host, images01: torch.Tensor, chain, seed: int = 0, progress: Progres
     progress = progress if progress is not None else Progress()
     device, dtype = x.device, x.dtype
     t_all = time.perf_counter()
-    progress.add_total(sum(p.count_steps(params, x, host) for p, params in resolved))
+    counts = [int(p.count_steps(params, x, host)) for p, params in resolved]
+    progress.add_total(sum(counts))
 
     def run_chain() -> tuple[torch.Tensor, list[dict]]:
         """The whole chain from the input (a retry after out-of-memory starts here again)."""
         records: list[dict[str, Any]] = []
         out = x.detach().float()
+        start = progress.done
         for k, (p, params) in enumerate(resolved):
             progress.check()
             t0 = time.perf_counter()
             g = torch.Generator().manual_seed(int(seed) + k)
             out, info = p.run(host if p.needs_host else None, out, params, g, progress)
+            progress.catch_up(start + sum(counts[:k + 1]))   # a stage that reported fewer steps than it counted
             out = out.detach().float().clamp(0, 1).to(device)
             records.append({"name": p.name, "params": dict(params),
                             "seconds": round(time.perf_counter() - t0, 4), **(info or {})})

@@ -1,6 +1,7 @@
 """SDEdit with the host's model, as the diffusion purifiers use it: encode, noise part-way, denoise (DDIM through
 :func:`protect_core.sampling.sample_latents`), decode. Any image size: odd sizes are padded (reflect) for the VAE
-and cropped back. No gradients; call inside ``host.borrowed()``.
+and cropped back. No gradients; call inside ``host.borrowed()``. Progress: one update per DDIM step, the last one
+after the VAE decode (at a noisy upscale's size the VAE passes are big: the decode must not run past the bar's end).
 """
 from __future__ import annotations
 
@@ -33,11 +34,15 @@ def sdedit(host, images01: torch.Tensor, *, strength: float, steps: int, prompt:
     xp, size = pad_to_multiple(images01.float(), host.vae_scale_factor)
     b = xp.shape[0]
     z0 = host.encode(xp.to(host.device) * 2 - 1)
+    n = len(sdedit_timesteps(host, strength, steps))
+    view = None if progress is None else progress.holding_last(n)
     cond = host.encode_text([prompt] * b)
     uncond = host.encode_text([negative] * b) if guidance != 1.0 else None
     z = sample_latents(host, cond, z0, steps=int(steps), guidance=float(guidance), uncond=uncond,
-                       strength=float(strength), generator=generator, progress=progress)
+                       strength=float(strength), generator=generator, progress=view)
     out = ((host.decode(z) + 1) / 2).clamp(0, 1)
+    if view is not None:
+        view.release()
     return unpad(out, size).to(images01.device)
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from ..base import register
-from ..surrogate import SurrogateAttack, Trainer, attention_subset, latents_of, option_int, weight_copies
+from ..surrogate import (SurrogateAttack, Trainer, attention_subset, latents_of, option_int, round_starts,
+                         weight_copies)
 
 
 @register
@@ -35,6 +36,15 @@ class ASPL(SurrogateAttack):
                 "options": {"lr": 5e-6, "train_steps": 3, "pgd_steps": 6, "train_batch": 4, "subset": "attention",
                             "t_range": None}}
     joint = True
+
+    def prepare_steps(self, settings) -> int:
+        """The first round's fine-tune of ``f_sur`` on the clean images (in prepare), one unit per step."""
+        return option_int(settings.options, "train_steps")
+
+    def inner_steps(self, settings) -> int:
+        """Every later round: ``f`` on the cloaked images, then ``f_sur`` on the clean ones, one unit per step."""
+        pgd = option_int(settings.options, "pgd_steps", 1)
+        return round_starts(settings.steps, pgd) * 2 * option_int(settings.options, "train_steps")
 
     def setup(self, host, images, settings, generator):
         self.train_steps = option_int(self.opts, "train_steps")
@@ -50,15 +60,16 @@ class ASPL(SurrogateAttack):
                          trained_parameters=self.base.num_parameters(), rounds=0)
         self._refresh_surrogate(host, generator)
 
-    def _finetune(self, host, adapter, latents, generator) -> None:
+    def _finetune(self, host, adapter, latents, generator, phase: str) -> None:
         trainer = Trainer(adapter, self.lr)
         for _ in range(self.train_steps):
             self._check()
-            trainer.step(host, latents, self.cond, generator, self.train_batch, self.t_range)
+            loss = trainer.step(host, latents, self.cond, generator, self.train_batch, self.t_range)
+            self.work_step(phase=phase, loss=loss)
 
     def _refresh_surrogate(self, host, generator) -> None:
         self.surrogate = weight_copies(host, self.targets, start=self.base.weights)
-        self._finetune(host, self.surrogate, self.clean_latents, generator)
+        self._finetune(host, self.surrogate, self.clean_latents, generator, "surrogate")
         self.info["rounds"] += 1
 
     def attack_overrides(self):
@@ -70,5 +81,5 @@ class ASPL(SurrogateAttack):
             return
         with torch.no_grad():
             z = latents_of(host, x)
-        self._finetune(host, self.base, z, generator)
+        self._finetune(host, self.base, z, generator, "model")
         self._refresh_surrogate(host, generator)

@@ -42,8 +42,8 @@ class FSMG(SurrogateAttack):
         trainer = Trainer(self.surrogate, self.opts["lr"])
         for _ in range(steps):
             self._check()
-            trainer.step(host, z, self.cond, generator, batch, self.t_range)
-            self._prepare_step(phase="surrogate", loss=trainer.losses[-1] if trainer.losses else None)
+            loss = trainer.step(host, z, self.cond, generator, batch, self.t_range)
+            self.work_step(phase="surrogate", loss=loss)
         for w in self.surrogate.parameters():
             w.requires_grad_(False)
         self.info.update(subset=self.opts["subset"], trained_weights=len(targets),

@@ -46,12 +46,16 @@ class Glaze(CloakMethod):
     def prepare(self, host, images, settings, generator):
         opts = settings.options
         prompt = settings.target_prompt or DEFAULT_TARGET
+        progress = getattr(self, "work_progress", None)
+        # the last DDIM step's update waits for the target's VAE decode and encode (they are inside the bar)
+        view = None if progress is None else progress.holding_last(self.prepare_steps(settings), phase="target")
         with torch.no_grad():
             self.target_image = img2img(host, images, prompt, strength=float(opts["strength"]),
                                         steps=int(opts["target_steps"]), guidance=float(opts["guidance"]),
-                                        seed=int(settings.seed),
-                                        progress=getattr(self, "prepare_progress", None))
+                                        seed=int(settings.seed), progress=view)
             self.target = host.encode(self.target_image * 2 - 1).detach()
+        if view is not None:
+            view.release()
 
     def loss(self, host, x, step, generator):
         return (host.encode(x * 2 - 1) - self.target).pow(2).mean()

@@ -23,7 +23,7 @@ import torch
 
 from ..base import register
 from ..surrogate import (SurrogateAttack, Trainer, attention_subset, latents_of, lora_adapter, option_int, repeat_draws,
-                         target_noise_loss, target_pattern)
+                         round_starts, target_noise_loss, target_pattern)
 
 
 @register
@@ -39,6 +39,11 @@ class Mist2(SurrogateAttack):
     def prepare_steps(self, settings) -> int:
         """The LoRA surrogate's first round (trained in prepare, reported to the progress bar)."""
         return option_int(settings.options, "lora_steps")
+
+    def inner_steps(self, settings) -> int:
+        """The later LoRA rounds (between image steps), one unit per LoRA step."""
+        pgd = option_int(settings.options, "pgd_steps", 1)
+        return round_starts(settings.steps, pgd) * option_int(settings.options, "lora_steps")
 
     def setup(self, host, images, settings, generator):
         self.lora_steps = option_int(self.opts, "lora_steps")
@@ -60,8 +65,8 @@ class Mist2(SurrogateAttack):
             z = latents_of(host, x)
         for _ in range(self.lora_steps):
             self._check()
-            self.trainer.step(host, z, self.cond, generator, self.train_batch, self.t_range)
-            self._prepare_step(phase="surrogate")   # the first round only: later rounds run inside a step
+            loss = self.trainer.step(host, z, self.cond, generator, self.train_batch, self.t_range)
+            self.work_step(phase="surrogate", loss=loss)   # every round, the first (in prepare) included
         self.info["rounds"] += 1
 
     def attack_overrides(self):

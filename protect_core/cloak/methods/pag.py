@@ -64,9 +64,7 @@ class PAG(CloakMethod):
             with torch.no_grad():
                 pattern = (pattern + step * grad.sign()).clamp(-bound, bound)
             self.pattern_losses.append(float(loss.detach()))
-            progress = getattr(self, "prepare_progress", None)
-            if progress is not None:
-                progress.step(phase="pattern", loss=self.pattern_losses[-1])
+            self.work_step(phase="pattern", loss=self.pattern_losses[-1])
         self.pattern = pattern.detach()
         self.target = self.clean_latents + self.pattern
 
