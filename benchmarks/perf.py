@@ -76,7 +76,10 @@ class Stamps:
     def __init__(self, device):
         self.device, self.t = device, []
 
-    def __call__(self, *_a, **_k):
+    def __call__(self, *a, **_k):
+        info = a[2] if len(a) > 2 and isinstance(a[2], dict) else {}
+        if info.get("phase"):  # inner work (surrogate/LoRA training, targets) between image steps: not a step
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.t.append(time.perf_counter())
