@@ -10,9 +10,9 @@ from __future__ import annotations
 from .efficacy import INTENSITY_ORDER, PLACEBO, SANITY_MARGIN
 
 CAPTION = (
-    "Protection success = share of the fine-tuned model's samples that the toy style classifier does NOT assign to "
-    "the held-out style (argmax over all toy styles; binomial SE <= {se:.0f} points at {n} samples). Each cell: "
-    "success rate, then in brackets the style-score drop = p(style) of the clean-trained model of the same "
+    "Protection success = share of the fine-tuned model's samples that the world's style classifier does NOT assign "
+    "to the held-out style (argmax over all the world's styles; binomial SE <= {se:.0f} points at {n} samples). Each "
+    "cell: success rate (in the atelier world: classifier / nearest-centroid judge), then in brackets the style-score drop = p(style) of the clean-trained model of the same "
     "fine-tune and purifier minus this condition's (clean rows: their own p(style), i.e. how much style the mimic "
     "learned with no protection; their success rate is the no-protection floor). Purifier columns: the training "
     "set (clean art included) was first passed through that purifier. PSNR/SSIM: cloaked vs clean, before any "

@@ -40,8 +40,8 @@ def train_judge(steps: int, per_artist: int = 8, lr: float = 2e-3, seed: int = 0
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
-            hist.append({"step": step, "loss": round(float(loss), 5), "seconds": round(time.time() - t0, 1)})
-            log(f"judge {step}/{steps} loss {float(loss):.4f} ({time.time() - t0:.0f} s)")
+            hist.append({"step": step, "loss": round(float(loss.detach()), 5), "seconds": round(time.time() - t0, 1)})
+            log(f"judge {step}/{steps} loss {float(loss.detach()):.4f} ({time.time() - t0:.0f} s)")
     return net.cpu().eval(), hist
 
 

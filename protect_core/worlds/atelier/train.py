@@ -37,11 +37,16 @@ from . import configs
 from .styles import ARTISTS, DEV, HELD_OUT, PROMPT_TEMPLATE, TRAINED, prompt_for, render_generic, render_mixed
 
 FULL = dict(vae_steps=3000, vae_batch=8, vae_crop=32, vae_crop_batch=32, vae_full_share=0.25, vae_lr=2e-3, kl_weight=1e-6, vae_pool_per=224, vae_generic=768,
-            decoder_steps=3000, decoder_lr=5e-4,
-            unet_steps=3000, unet_batch=32, unet_lr=6e-4, unet_pool_per=320, drop=0.1, ema=0.999,
-            judge_steps=600, judge_batch=8, judge_lr=2e-3, judge_pool_per=160, ckpt_every=100, seed=0)
+            decoder_steps=0, decoder_lr=5e-4,
+            unet_steps=1800, unet_batch=32, unet_lr=1e-3, unet_pool_per=320, drop=0.1, ema=0.999,
+            judge_steps=400, judge_batch=4, judge_lr=2e-3, judge_pool_per=160, ckpt_every=100, seed=0)
 QUICK = dict(FULL, vae_steps=4, decoder_steps=3, vae_pool_per=2, vae_generic=4, unet_steps=4, unet_batch=4,
              unet_pool_per=2, judge_steps=4, judge_batch=1, judge_pool_per=2, ckpt_every=2)
+
+
+#: The mimic's fine-tunes in this world (batch 4, "a painting in sks style"): the toy world's settings, kept because
+#: on the DEV artist alone they make clean mimicry work (benchmarks/world_fidelity.py --artists gouache).
+ATTACKER = {"lora": {"lr": 3e-3, "steps": 100}, "full": {"lr": 1e-3, "steps": 100}}
 
 
 def _lr(total: int, warmup: int, floor: float = 0.05):
@@ -322,7 +327,8 @@ def assemble(plan: dict, work: Path, out: Path, tokenizer, log) -> dict:
     save_file({k: t.contiguous() for k, t in j["model"].items()}, str(out / configs.CLASSIFIER_FILE))
     world = {"format": 1, "world": "atelier", "size": configs.SIZE, "styles": list(ARTISTS), "held_out": list(HELD_OUT),
              "dev": DEV, "trained": list(TRAINED), "prompt_template": PROMPT_TEMPLATE,
-             "classifier": {"size": configs.SIZE, "width": 32}, "seed": plan["seed"]}
+             "classifier": {"size": configs.SIZE, "width": 32}, "seed": plan["seed"],
+             "attacker": ATTACKER}
     (out / configs.CONFIG_FILE).write_text(json.dumps(world, indent=2))
     data = {"plan": plan, "scaling_factor": u["scale"], "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(),
