@@ -96,8 +96,9 @@ def markdown(res: dict) -> str:
     for k, title in names.items():
         if k in v:
             r = v[k]
-            lines.append(f"| {title} | {'holds' if r['classifier'] else 'FAILS'} | "
-                         f"{'holds' if r['centroid'] else 'FAILS'} | {r['detail']} |")
+            def word(ok):
+                return "not measured" if ok is None else "holds" if ok else "FAILS"
+            lines.append(f"| {title} | {word(r['classifier'])} | {word(r['centroid'])} | {r['detail']} |")
         else:
             lines.append(f"| {title} | not measured | not measured | |")
     return "\n".join(lines)
@@ -160,9 +161,9 @@ def main(argv=None) -> int:
     out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results"
     out.mkdir(parents=True, exist_ok=True)
     stem = a.stem or f"world_fidelity_{a.world}"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))  # first: the numbers survive any report bug
     report = f"Command: `{res['command']}`\n\n" + markdown(res) + "\n"
     (out / f"{stem}.md").write_text(report)
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     print(report)
     return 0
 

@@ -130,3 +130,31 @@ def test_an_interrupted_phase_resumes_to_the_same_weights(tmp_path, monkeypatch)
     b = torch.load(tmp_path / "b" / "vae_done.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "b" / "vae_ckpt.pt").exists()
+
+
+def _sc(rate1, rate2):
+    return {"success": {"rate": rate1}, "p_style": {"mean": 1 - rate1}, "second": {"success": {"rate": rate2}}}
+
+
+def test_verdicts_apply_the_fixed_thresholds_and_survive_a_judge_without_data():
+    import sys
+    from pathlib import Path
+
+    from protect_core.worlds.fidelity import verdicts
+
+    lora = {"__base__": _sc(0.9, 0.9), "clean": _sc(0.05, 0.1), "noise@16": _sc(0.08, 0.3),
+            "mist@16": _sc(0.95, 0.2), "sds@16": _sc(0.5, 0.9),  # the judges disagree on the best method
+            "clean|diffpure": _sc(0.05, 0.1), "mist@16|diffpure": _sc(0.2, 0.1)}
+    run = {"artist": "pastel", "budget_255": 16, "seconds": 1.0, "sets": {},
+           "scores": {"lora": lora, "full": {"__base__": _sc(0.9, 0.9), "clean": _sc(0.02, 0.05),
+                                             "noise@16": _sc(0.03, 0.05)}}}
+    res = {"world": "atelier", "held_out": ["pastel"], "dev": "gouache", "unseen": ["pastel"], "mimicry": [run]}
+    v = verdicts(res)
+    assert v["b"]["classifier"] and v["c"]["classifier"] and not v["c"]["centroid"]  # 0.3 vs floor 0.1
+    assert v["d"]["classifier"] and v["e"]["classifier"]  # mist 0.95 -> 0.2 after diffpure
+    assert v["e"]["centroid"] is None  # its best (sds) was never purified: not measured, not a crash
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from world_fidelity import markdown
+
+    text = markdown(res)
+    assert "not measured" in text and "| d. a standard method" in text

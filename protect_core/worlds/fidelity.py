@@ -148,9 +148,10 @@ def verdicts(result: dict) -> dict:
             per = {}
             for j, second in (("classifier", False), ("centroid", True)):
                 per[j] = _check(runs, check, second)
-            if per["classifier"] is not None:
-                out[check] = {"classifier": per["classifier"][0], "centroid": per["centroid"][0],
-                              "detail": f"{per['classifier'][1]} / {per['centroid'][1]}"}
+            if per["classifier"] is not None:  # the centroid judge may lack data (its best method was not purified)
+                second = per["centroid"] or (None, "not measured")
+                out[check] = {"classifier": per["classifier"][0], "centroid": second[0],
+                              "detail": f"{per['classifier'][1]} / {second[1]}"}
     return out
 
 
