@@ -50,13 +50,11 @@ QUICK = dict(FULL, vae_steps=4, decoder_steps=3, vae_pool_per=2, vae_generic=4, 
 ATTACKER = {"lora": {"lr": 3e-3, "steps": 100}, "full": {"lr": 1e-3, "steps": 100}}
 
 
-def _lr(total: int, warmup: int, floor: float = 0.05):
-    def f(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        p = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-    return f
+def _lr(total: int, warmup: int):
+    """The toy trainer's warm-up + cosine schedule, decaying to 5% (one implementation for both worlds)."""
+    from ...toy.train import _lr_lambda
+
+    return _lr_lambda(total, warmup, floor=0.05)
 
 
 def _save(path: Path, obj) -> None:
