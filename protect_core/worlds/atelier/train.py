@@ -17,6 +17,8 @@ the same arguments; a finished phase is never redone):
 3. ``judge``: the style classifier over all sixteen artists (held-outs and dev included: it is the judge, not the
    model), on fresh augmented clean renders, never on model outputs. Independent of 2: it may run at the same
    time in another process (``--phases judge``).
+2b. ``--set unet_init=DIR/unet_done.pt`` continues a finished ``unet`` phase (in a new ``--work`` holding the old
+   ``vae_done.pt``, ``latents.pt`` and ``judge_done.pt``) for ``unet_steps`` more steps with a fresh schedule.
 
 ``--out`` receives a diffusers pipeline folder (safetensors only), ``classifier.safetensors``, ``config.json`` and
 ``train_log.json`` once every phase is done.
@@ -39,6 +41,7 @@ from .styles import ARTISTS, DEV, HELD_OUT, PROMPT_TEMPLATE, TRAINED, prompt_for
 FULL = dict(vae_steps=3000, vae_batch=8, vae_crop=32, vae_crop_batch=32, vae_full_share=0.25, vae_lr=2e-3, kl_weight=1e-6, vae_pool_per=224, vae_generic=768,
             decoder_steps=0, decoder_lr=5e-4,
             unet_steps=1800, unet_batch=32, unet_lr=1e-3, unet_pool_per=320, drop=0.1, ema=0.999,
+            unet_init="", unet_warmup=200,
             judge_steps=400, judge_batch=4, judge_lr=2e-3, judge_pool_per=160, ckpt_every=100, seed=0)
 QUICK = dict(FULL, vae_steps=4, decoder_steps=3, vae_pool_per=2, vae_generic=4, unet_steps=4, unet_batch=4,
              unet_pool_per=2, judge_steps=4, judge_batch=1, judge_pool_per=2, ckpt_every=2)
@@ -65,6 +68,26 @@ def _save(path: Path, obj) -> None:
 
 def _load(path: Path):
     return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def _resume(ck: Path, name: str, models: dict, opt, sched, g: torch.Generator, log):
+    """Load a phase's checkpoint (if any) into its models (key -> module), optimiser, schedule and generator;
+    return (next step, history, the whole checkpoint or None)."""
+    state = _load(ck)
+    if not state:
+        return 0, [], None
+    for key, m in models.items():
+        m.load_state_dict(state[key])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    g.set_state(state["rng"])
+    log(f"{name}: resuming at step {state['step']}")
+    return state["step"], state["hist"], state
+
+
+def _checkpoint(ck: Path, models: dict, opt, sched, g: torch.Generator, step: int, hist: list, **extra) -> None:
+    _save(ck, {**{key: m.state_dict() for key, m in models.items()}, "opt": opt.state_dict(),
+               "sched": sched.state_dict(), "rng": g.get_state(), "step": step, "hist": hist, **extra})
 
 
 def augment_codec(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -108,14 +131,7 @@ def phase_vae(plan: dict, work: Path, device, log) -> None:
     steps = plan["vae_steps"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr(steps, min(100, steps // 10 + 1)))
     g = torch.Generator().manual_seed(plan["seed"] + 1)
-    state, start, hist = _load(ck), 0, []
-    if state:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["rng"])
-        start, hist = state["step"], state["hist"]
-        log(f"vae: resuming at step {start}")
+    start, hist, _ = _resume(ck, "vae", {"model": vae}, opt, sched, g, log)
     t0 = time.time()
     pool = codec_pool(plan)
     log(f"vae: pool of {pool.shape[0]} renders ({time.time() - t0:.0f} s)")
@@ -138,8 +154,7 @@ def phase_vae(plan: dict, work: Path, device, log) -> None:
                          "seconds": round(time.time() - t0, 1)})
             log(f"vae {step}/{steps} psnr {psnr:.2f} dB kl {kl.item():.3f} ({time.time() - t0:.0f} s)")
         if (step + 1) % plan["ckpt_every"] == 0 or step == steps - 1:
-            _save(ck, {"model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                       "rng": g.get_state(), "step": step + 1, "hist": hist})
+            _checkpoint(ck, {"model": vae}, opt, sched, g, step + 1, hist)
     _save(done, {"model": vae.state_dict(), "hist": hist, "seconds": time.time() - t0})
     ck.unlink(missing_ok=True)
 
@@ -159,14 +174,7 @@ def phase_decoder(plan: dict, work: Path, device, log) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr(steps, min(50, steps // 10 + 1)))
     g = torch.Generator().manual_seed(plan["seed"] + 9)
     ck = work / "decoder_ckpt.pt"
-    state, start, hist = _load(ck), 0, []
-    if state:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["rng"])
-        start, hist = state["step"], state["hist"]
-        log(f"decoder: resuming at step {start}")
+    start, hist, _ = _resume(ck, "decoder", {"model": vae}, opt, sched, g, log)
     t0 = time.time()
     pool = codec_pool(plan)
     for step in range(start, steps):
@@ -188,8 +196,7 @@ def phase_decoder(plan: dict, work: Path, device, log) -> None:
                          "seconds": round(time.time() - t0, 1)})
             log(f"decoder {step}/{steps} psnr {psnr:.2f} dB ({time.time() - t0:.0f} s)")
         if (step + 1) % plan["ckpt_every"] == 0 or step == steps - 1:
-            _save(ck, {"model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                       "rng": g.get_state(), "step": step + 1, "hist": hist})
+            _checkpoint(ck, {"model": vae}, opt, sched, g, step + 1, hist)
     _save(work / "decoder_done.pt", {"model": vae.state_dict(), "hist": hist, "seconds": time.time() - t0})
     ck.unlink(missing_ok=True)
 
@@ -232,23 +239,22 @@ def phase_unet(plan: dict, work: Path, tokenizer, device, log) -> None:
     torch.manual_seed(plan["seed"] + 2)
     unet = UNet2DConditionModel(**configs.unet_config()).to(device).train()
     te = CLIPTextModel(CLIPTextConfig(**configs.text_config(len(tokenizer)))).to(device).train()
+    if plan["unet_init"]:  # continue a finished UNet phase (its EMA weights) with a fresh schedule
+        init = _load(Path(plan["unet_init"]))
+        unet.load_state_dict(init["unet"])
+        te.load_state_dict(init["te"])
+        log(f"unet: starting from {plan['unet_init']} ({init['hist'][-1]['step'] + 1} steps)")
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=plan["unet_lr"], weight_decay=1e-4)
     steps = plan["unet_steps"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr(steps, min(200, steps // 10 + 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr(steps, min(plan["unet_warmup"], steps // 10 + 1)))
     ema = {"unet": {k: v.detach().clone() for k, v in unet.state_dict().items()},
            "te": {k: v.detach().clone() for k, v in te.state_dict().items()}}
-    g = torch.Generator().manual_seed(plan["seed"] + 3)
+    g = torch.Generator().manual_seed(plan["seed"] + 3 + (1000 if plan["unet_init"] else 0))  # new draws
     ck = work / "unet_ckpt.pt"
-    state, start, hist = _load(ck), 0, []
+    start, hist, state = _resume(ck, "unet", {"unet": unet, "te": te}, opt, sched, g, log)
     if state:
-        unet.load_state_dict(state["unet"])
-        te.load_state_dict(state["te"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["rng"])
-        ema, start, hist = state["ema"], state["step"], state["hist"]
-        log(f"unet: resuming at step {start}")
+        ema = state["ema"]
     prompts = [prompt_for(a) for a in TRAINED] + [""]
     caption_of = torch.full((len(ARTISTS),), len(prompts) - 1, dtype=torch.long)
     for i, a in enumerate(TRAINED):
@@ -283,9 +289,7 @@ def phase_unet(plan: dict, work: Path, tokenizer, device, log) -> None:
             hist.append({"step": step, "loss": round(float(loss.detach()), 5), "seconds": round(time.time() - t0, 1)})
             log(f"unet {step}/{steps} loss {float(loss.detach()):.4f} ({time.time() - t0:.0f} s)")
         if (step + 1) % plan["ckpt_every"] == 0 or step == steps - 1:
-            _save(ck, {"unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(),
-                       "sched": sched.state_dict(), "rng": g.get_state(), "ema": ema, "step": step + 1,
-                       "hist": hist})
+            _checkpoint(ck, {"unet": unet, "te": te}, opt, sched, g, step + 1, hist, ema=ema)
     _save(work / "unet_done.pt", {"unet": ema["unet"], "te": ema["te"], "hist": hist, "scale": scale,
                                   "seconds": time.time() - t0})
     ck.unlink(missing_ok=True)
