@@ -33,6 +33,9 @@ COMMANDS = {
     "purify": ("protect_core.purify.cli", "attack a cloak: IMPRESS, DiffPure, noisy upscale, filters"),
     "mimicry": ("protect_core.mimicry.cli", "fine-tune, generate and score how much style was copied"),
     "info": ("protect_core.info_cli", "describe a model as StyleCloak sees it (default: the shipped toy model)"),
+    # the platform layer (pip install "stylecloak[ray]"): its own package; protect_core never imports Ray
+    "batch": ("stylecloak_platform.batch_cli", "cloak a whole gallery on Ray, resumable from its manifest"),
+    "serve": ("stylecloak_platform.serve_cli", "an HTTP upload service on Ray Serve (cloaked PNG + report)"),
 }
 
 
