@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -147,9 +148,13 @@ def run_batch(job: Job, *, ray_address=None, workers: int | None = None, cpus_pe
     started = False
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-        if ray_address is None:
+        if ray_address is None:   # "local": a private Ray, never a cluster someone started with `ray start`
             kw["num_cpus"] = max(1, os.cpu_count() or 1)
-        ray.init(address=ray_address, **kw)
+        # ray.init installs its own SIGTERM handler: put back the caller's (the CLI's: SIGTERM stops the job cleanly)
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig}
+        ray.init(address=ray_address or "local", **kw)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         started = True
     try:
         n = workers or max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_worker) if gpus_per_worker

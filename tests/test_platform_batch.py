@@ -212,15 +212,23 @@ def test_a_killed_worker_does_not_lose_or_duplicate_anything(reference):
 
 
 @pytest.mark.slow
-def test_a_killed_driver_resumes_from_the_manifest_with_the_same_bytes(reference):
+def test_a_stopped_or_killed_driver_resumes_from_the_manifest_with_the_same_bytes(reference):
     src, ref, names, root = reference
     dst = root / "killed_driver"
-    proc = batch(src, dst, "--workers", "2", wait=False)
-    wait_for_done(dst / "stylecloak-manifest.jsonl", 2, proc)
+    manifest = dst / "stylecloak-manifest.jsonl"
+    proc = batch(src, dst, "--workers", "2", wait=False)       # SIGTERM: a clean stop, exit 143
+    wait_for_done(manifest, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and not [p for p in dst.iterdir() if p.name.startswith(".sc-")]
+    first = {r["input"] for r in lines(manifest) if r["status"] == "done"}
+    proc = batch(src, dst, "--workers", "2", wait=False)       # SIGKILL: nothing runs on the driver's side
+    wait_for_done(manifest, len(first) + 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    done_before = {r["input"] for r in lines(dst / "stylecloak-manifest.jsonl") if r["status"] == "done"}
-    assert 2 <= len(done_before) < 8
+    done_before = {r["input"] for r in lines(manifest) if r["status"] == "done"}
+    assert first < done_before and len(done_before) < 8
     r = batch(src, dst, "--workers", "1")     # one worker this time: the bytes do not depend on it
     summary = json.loads(r.stdout)
     assert r.returncode == 1 and summary["already_done"] >= len(done_before)
