@@ -127,7 +127,10 @@ def test_surrogate_rounds_between_steps_are_counted_as_announced(host):
     mist2 = get_method("mist2")
     s2 = CloakSettings(method="mist2", steps=6, options=dict(INNER["mist2"])).resolved(mist2)
     assert (mist2.prepare_steps(s2), mist2.inner_steps(s2)) == (3, 2 * 3)   # rounds after steps 2 and 4, not 6
-    assert get_method("caat").inner_steps(CloakSettings(method="caat", steps=4, options={"train_steps": 2})) == 8
+    caat = get_method("caat")   # train_steps=2: the first update shares the image step's pass, the second is a unit
+    assert caat.inner_steps(CloakSettings(method="caat", steps=4, options={"train_steps": 2})) == 4
+    assert caat.inner_steps(CloakSettings(method="caat", steps=4, options={"train_steps": 2,
+                                                                          "shared_pass": False})) == 8
 
 
 def test_robust_samples_each_report(host):

@@ -8,6 +8,11 @@ and cancellation. Methods see images as float tensors ``(B, 3, H, W)`` in ``[0, 
 Lifecycle for one batch (or one joint set): ``prepare`` once, then for each step ``loss`` (the optimiser steps the
 image on its gradient), then ``after_step`` (surrogate updates: ASPL, CAAT, StyleProtect, Mist-v2's LoRA).
 
+Shared backward (CAAT's scheme): a method that also trains private weights on the image step's own loss lists
+them in :meth:`CloakMethod.shared_parameters`; the optimiser then takes the gradient w.r.t. the perturbation AND
+those tensors from the one backward pass of the step and hands the latter to :meth:`CloakMethod.shared_gradients`
+before ``after_step``, so no second model pass is needed for the weights.
+
 Progress: the optimiser reports each image step. A method whose ``prepare`` or ``after_step`` runs model work of its
 own (an img2img target, a surrogate fine-tune, training steps between image steps) says how many units it takes in
 ``prepare_steps`` / ``inner_steps`` (from the settings alone, so the runner can announce the whole run up front)
@@ -77,6 +82,18 @@ class CloakMethod:
 
     def after_step(self, host, x: torch.Tensor, step: int, generator: torch.Generator) -> None:
         """Optional surrogate update after each image step (``x`` is detached)."""
+
+    def shared_parameters(self) -> list[torch.Tensor]:
+        """Tensors besides the image whose gradient the method wants from the image step's own backward pass
+        (default: none). The optimiser asks once per image step, before ``loss``; a non-empty answer is a request:
+        that step's ``loss`` must keep these tensors in its graph. The optimiser does not ask when the image step
+        has no model backward (memory mode ``low``'s score distillation), so ``after_step`` must cope without."""
+        return []
+
+    def shared_gradients(self, grads: list[torch.Tensor] | None, loss: float) -> None:
+        """d(loss)/d(shared_parameters()) of this image step (mean over robust samples; the perceptual hinge does not
+        depend on them), called before ``after_step``; ``grads`` is None when a half-precision step overflowed
+        (the image step is skipped too). ``loss`` is the step's reported loss."""
 
     def prepare_steps(self, settings: CloakSettings) -> int:
         """Progress units ``prepare`` reports through :meth:`work_step` (0: it does no long work)."""

@@ -120,7 +120,10 @@ def read_layers(path) -> list[str]:
 
 
 def _options(pairs: list[str], method) -> dict:
-    known = dict(method.defaults.get("options", {}))
+    from .optimize import OBJECTIVE_SAMPLES, OPTIMIZER_OPTIONS
+
+    known = {**{k: None for k in OPTIMIZER_OPTIONS}, "objective_samples": OBJECTIVE_SAMPLES,
+             **method.defaults.get("options", {})}
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

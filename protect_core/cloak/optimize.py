@@ -18,7 +18,12 @@ Guarantees of :func:`optimize` for its output ``cloaked``:
 * the host's model is borrowed (``with host.borrowed():``) and comes back unchanged, also on error or cancellation.
 
 Optimisers: ``pgd`` (projected sign gradient, ``delta -= step_size * sign(grad)``) and ``adam`` (Adam on ``delta``
-with learning rate ``step_size``, projected after each step).
+with learning rate ``step_size``, projected after each step). A method's :meth:`~.base.CloakMethod.shared_parameters`
+(CAAT's K/V copies) get their gradient from the same backward pass as ``delta`` (one model pass per step).
+
+The reported objective (``objective_before``/``objective_after``) costs two evaluations outside the image steps;
+option ``objective_samples`` sets the (t, noise) draws of the UNet-loss methods (default
+:data:`OBJECTIVE_SAMPLES`) and ``objective_samples=0`` skips both evaluations for any method (reported as None).
 """
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ from .base import CloakMethod, CloakSettings
 from .robust import random_transform
 
 OPTIMIZERS = ("pgd", "adam")
+#: default draws of the reported objective (UNet-loss methods; paired: before and after share the draws)
+OBJECTIVE_SAMPLES = 2
+#: options the optimiser itself reads, valid for every method
+OPTIMIZER_OPTIONS = ("objective_samples", "perceptual_weight", "random_start", "robust_transforms")
 _TOL = 5e-7  # float32 slack when comparing |cloaked - clean| with eps (the promise is eps + 1e-6)
 
 
@@ -97,8 +106,19 @@ def finalize(clean: torch.Tensor, delta: torch.Tensor, eps: float, budget: float
     return x, perceptual_distance(x, clean, kind)
 
 
-def _objective(method: CloakMethod, host, x: torch.Tensor, seed: int) -> float:
-    """The method's reported objective at ``x`` with fixed randomness, so before/after are comparable."""
+def objective_samples(settings: CloakSettings) -> int:
+    """The ``objective_samples`` option (whole number >= 0; 0 = no reported objective)."""
+    v = settings.options.get("objective_samples", OBJECTIVE_SAMPLES)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or int(v) < 0:
+        raise ValueError(f"option objective_samples must be a whole number >= 0 (0 = skip), got {v!r}")
+    return int(v)
+
+
+def _objective(method: CloakMethod, host, x: torch.Tensor, seed: int, settings: CloakSettings) -> float | None:
+    """The method's reported objective at ``x`` with fixed randomness, so before/after are comparable; None when
+    ``objective_samples`` is 0."""
+    if not objective_samples(settings):
+        return None
     fn = getattr(method, "objective", None) or method.loss
     with torch.no_grad():
         return float(fn(host, x, 0, torch.Generator().manual_seed(seed + 104729)))
@@ -122,31 +142,51 @@ def _hinge(x, clean, loss_value: float, weight: float, budget, kind) -> torch.Te
     return weight * max(abs(loss_value), 1e-8) * over.sum()
 
 
-def _step_grad(method, host, clean, delta, step, gen, settings, robust_gen, weight, mem, progress):
-    """(scaled gradient of the step's objective w.r.t. ``delta``, the method's loss). Robust: each sample is
-    back-propagated on its own (the gradient of the mean is the mean of the gradients; one graph at a time) and
-    reported, but the last, as a progress update of its own (the step's update follows)."""
+def _grads(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d(loss)/d(inputs) from one backward pass; zeros for an input the loss does not use."""
+    out = torch.autograd.grad(loss, inputs, allow_unused=len(inputs) > 1)
+    return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, out)]
+
+
+def _step_grad(method, host, clean, delta, step, gen, settings, robust_gen, weight, mem, progress, shared=()):
+    """(scaled gradients of the step's objective w.r.t. ``delta`` and each of ``shared``, the method's loss), all
+    from one backward pass. Robust: each sample is back-propagated on its own (the gradient of the mean is the
+    mean of the gradients; one graph at a time) and reported, but the last, as a progress update of its own (the
+    step's update follows). The hinge depends on ``delta`` only."""
     budget, kind = settings.perceptual_budget, settings.perceptual_kind
+    inputs = [delta, *shared]
     if not settings.robust:
         x = clean + delta
         loss = method.loss(host, x, step, gen)
         total = loss
         if weight:
             total = total + _hinge(x, clean, float(loss.detach()), weight, budget, kind)
-        (grad,) = torch.autograd.grad(total * mem.loss_scale, delta)  # scale 1.0 is exact: no-op
-        return grad, float(loss.detach())
+        grads = _grads(total * mem.loss_scale, inputs)  # scale 1.0 is exact: no-op
+        return grads[0], grads[1:], float(loss.detach())
     names, n = settings.options.get("robust_transforms"), int(settings.robust_samples)
-    grad, value = torch.zeros_like(delta), 0.0
+    grads, value = [torch.zeros_like(i) for i in inputs], 0.0
     for k in range(n):
         loss = method.loss(host, random_transform(clean + delta, robust_gen, names), step, gen)
-        grad += torch.autograd.grad(loss * (mem.loss_scale / n), delta)[0]
+        for acc, g in zip(grads, _grads(loss * (mem.loss_scale / n), inputs)):
+            acc += g
         value += float(loss.detach()) / n
         if k + 1 < n:
             progress.step(phase="robust", sample=k + 1)
     if weight:
-        grad += torch.autograd.grad(_hinge(clean + delta, clean, value, weight, budget, kind) * mem.loss_scale,
-                                    delta)[0]
-    return grad, value
+        grads[0] += torch.autograd.grad(_hinge(clean + delta, clean, value, weight, budget, kind) * mem.loss_scale,
+                                        delta)[0]
+    return grads[0], grads[1:], value
+
+
+def _unscale_all(mem, grads: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """Every gradient unscaled, or None as soon as one overflowed (the scale is lowered once)."""
+    out = []
+    for g in grads:
+        g = mem.unscale(g)
+        if g is None:
+            return None
+        out.append(g)
+    return out
 
 
 def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakSettings,
@@ -154,7 +194,8 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
     """Cloak a batch ``images01`` (B, 3, H, W) in [0, 1] with ``method`` under resolved ``settings``.
 
     Returns ``(cloaked01, info)``; ``info`` has objective_before/after (the method's objective on the clean and the
-    final image, same randomness), steps, seconds, losses (per step), perceptual (per image, or None).
+    final image, same randomness; None with ``objective_samples=0``), objective_seconds (their cost), steps,
+    seconds, losses (per step), perceptual (per image, or None).
     Progress: :func:`progress_steps` updates in all, one ``progress.step(loss=...)`` per image step plus the
     method's own (prepare work, training between steps, robust samples: each with a ``phase``); the caller has
     counted ``settings.steps`` of them in the total and this adds the rest before the first step, or
@@ -162,12 +203,13 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
     raises ``Cancelled`` within one unit of work.
     Options read from ``settings.options``: ``perceptual_weight`` (hinge weight, default 10, in units of the current
     loss's magnitude per relative excess over the budget), ``random_start`` (uniform start in the budget, default False),
-    ``robust_transforms`` (subset of robust.TRANSFORMS).
+    ``robust_transforms`` (subset of robust.TRANSFORMS), ``objective_samples`` (see the module doc).
     ``memory``: a memory mode (:mod:`protect_core.memory`: "auto", "fast", "balanced", "low" or a MemoryMode);
     None = "fast" (the host as it is). ``info["memory"]`` says what took effect. Out-of-memory errors propagate
     (the runner falls back to a lower mode).
     """
     validate_settings(settings)
+    objective_samples(settings)
     if images01.ndim != 4 or images01.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images01.shape)}")
     progress = progress or Progress()
@@ -191,7 +233,9 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
         try:
             method.prepare(host, clean, settings, gen)
             progress.check()
-            before = _objective(method, host, clean, int(settings.seed))
+            t_obj = time.perf_counter()
+            before = _objective(method, host, clean, int(settings.seed), settings)
+            objective_seconds = time.perf_counter() - t_obj
             lo, hi = box_bounds(clean, eps, channel_tied)
             delta = torch.zeros(lo.shape, device=clean.device)
             if opts.get("random_start"):
@@ -201,9 +245,13 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
             weight = float(opts.get("perceptual_weight", 10.0)) if budget is not None else 0.0
             losses = []
             for step in range(steps):
-                grad, loss = _step_grad(method, host, clean, delta, step, gen, settings, robust_gen, weight, mem,
-                                        progress)
+                # no shared gradients without a model backward in the image step (score distillation)
+                shared = [] if mem.score_distillation else list(method.shared_parameters())
+                grad, extra, loss = _step_grad(method, host, clean, delta, step, gen, settings, robust_gen,
+                                               weight, mem, progress, shared)
                 grad = mem.unscale(grad)   # fp16: loss scaling; None = overflow, this step is skipped
+                if shared:
+                    method.shared_gradients(None if grad is None else _unscale_all(mem, extra), loss)
                 grad = torch.zeros_like(delta) if grad is None else grad
                 with torch.no_grad():
                     if adam is not None:
@@ -220,9 +268,11 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
             method.work_progress = None
         progress.catch_up(start + units)   # a method that reported fewer units than it announced
         cloaked, dist = finalize(clean, delta.detach().expand_as(clean), eps, budget, kind)
-        after = _objective(method, host, cloaked, int(settings.seed))
-    info = {"objective_before": before, "objective_after": after, "steps": steps,
-            "seconds": time.perf_counter() - t0, "losses": losses,
+        t_obj = time.perf_counter()
+        after = _objective(method, host, cloaked, int(settings.seed), settings)
+        objective_seconds += time.perf_counter() - t_obj
+    info = {"objective_before": before, "objective_after": after, "objective_seconds": objective_seconds,
+            "steps": steps, "seconds": time.perf_counter() - t0, "losses": losses,
             "perceptual": None if dist is None else [float(d) for d in dist], "memory": mem.describe()}
     if getattr(method, "info", None):  # what the method chose (layers, LoRA rank, rounds...), JSON-able
         info["method_info"] = dict(method.info)

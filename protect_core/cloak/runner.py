@@ -112,7 +112,8 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
 
     ``channel_tied``: one flag for all or one per image (greyscale art: one delta shared by the channels).
     ``tile_size``: largest side optimised in one piece (default :func:`default_tile`); ``tile_overlap`` defaults
-    to a quarter tile. ``stats`` objective numbers are those of the batch(es) the image was optimised in.
+    to a quarter tile. ``stats`` objective numbers are those of the batch(es) the image was optimised in (None with
+    option ``objective_samples=0``); ``objective_seconds`` is this image's share of what evaluating them cost.
     ``memory``: "auto" (default), "fast", "balanced", "low" or a :class:`~protect_core.memory.MemoryMode`; a mode's
     ``tile`` caps the default tile size (an explicit ``tile_size`` wins).
     ``keys``: each image's identity for its seed (e.g. its relative path; default its position); ``skip``: images
@@ -155,6 +156,7 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     overlaps = [overlap] * len(images)
     deltas: list[dict] = [dict() for _ in images]
     seconds, before, after = [0.0] * len(images), [[] for _ in images], [[] for _ in images]
+    objective_seconds = [0.0] * len(images)
     memories: list[dict] = [{} for _ in images]
     results: list[CloakResult | None] = [None] * len(images)
     replanned: list[str] = []   # said in the stats of every image completed after a re-planning
@@ -198,6 +200,7 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
         for p, c in zip(batch, cloaked.cpu()):
             deltas[p.index][p.box] = c - p.pixels
             seconds[p.index] += info["seconds"] / len(batch)
+            objective_seconds[p.index] += info["objective_seconds"] / len(batch)
             memories[p.index] = info["memory"]
             before[p.index].append(info["objective_before"])
             after[p.index].append(info["objective_after"])
@@ -208,7 +211,8 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
                 i = p.index
                 results[i] = _assemble(images[i], deltas[i], boxes[i], padded_sizes[i], overlaps[i], s,
                                        {"seconds": seconds[i], "objective_before": _mean(before[i]),
-                                        "objective_after": _mean(after[i]), "memory": memories[i]})
+                                        "objective_after": _mean(after[i]),
+                                        "objective_seconds": objective_seconds[i], "memory": memories[i]})
                 deltas[i] = {}
                 if on_result is not None:
                     on_result(i, results[i])
@@ -227,7 +231,10 @@ class _Replan(Exception):
         self.mode, self.messages = mode, messages
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: list[float | None]) -> float | None:
+    """Mean over an image's tiles; None when the objective was not evaluated (``objective_samples=0``)."""
+    if any(v is None for v in values):
+        return None
     return sum(values) / len(values)
 
 

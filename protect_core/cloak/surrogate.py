@@ -23,6 +23,7 @@ import torch
 from ..diffusion import add_noise, denoising_loss, eps_from_output
 from ..lora import LoRA, WeightCopies, attention_targets
 from .base import CloakMethod
+from .optimize import OBJECTIVE_SAMPLES
 
 STYLEPROTECT_SD15_LAYERS = tuple(f"{b}.transformer_blocks.0.attn2" for b in (
     "up_blocks.1.attentions.0", "up_blocks.1.attentions.2", "up_blocks.2.attentions.2",
@@ -156,6 +157,21 @@ class Trainer:
         self.losses.append(float(loss.detach()))
         return self.losses[-1]
 
+    def apply(self, grads: Sequence[torch.Tensor], loss: float) -> float:
+        """One descent step with gradients computed elsewhere (one per ``adapter.parameters()``, of the loss
+        ``loss`` to descend), e.g. by the image step's own backward pass; same clipping and Adam as :meth:`step`."""
+        params = self.adapter.parameters()
+        if len(grads) != len(params):
+            raise ValueError(f"{len(grads)} gradients for {len(params)} surrogate tensors")
+        for p, g in zip(params, grads):
+            p.grad = g.detach().to(p.dtype)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(params, self.clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.losses.append(float(loss))
+        return self.losses[-1]
+
 
 def weight_copies(host, targets: Sequence[str], start: dict | None = None) -> WeightCopies:
     """Private float32 copies of ``targets`` (from the host, or from another surrogate's ``start`` tensors)."""
@@ -182,7 +198,8 @@ class SurrogateAttack(CloakMethod):
 
     Options shared by every such method: ``samples`` (Monte-Carlo draws of (t, noise) per image per image step,
     default 1 as in the papers; more draws give a less noisy gradient at proportional cost), ``objective_samples``
-    (draws for the reported objective, default 8), ``t_range`` (timestep range, default the whole schedule).
+    (draws for the reported objective, default :data:`~.optimize.OBJECTIVE_SAMPLES`; 0 = not reported),
+    ``t_range`` (timestep range, default the whole schedule).
     ``info`` (a dict on the method) records what was used: layers, trained weights, rounds ...
     """
 
@@ -198,7 +215,7 @@ class SurrogateAttack(CloakMethod):
         if self.t_range and not 0 <= self.t_range[0] < self.t_range[1] <= host.num_train_timesteps:
             raise ValueError(f"t_range must satisfy 0 <= lo < hi <= {host.num_train_timesteps}, got {t_range!r}")
         self.samples = option_int(self.opts, "samples", 1, default=1)
-        self.objective_samples = option_int(self.opts, "objective_samples", 1, default=8)
+        self.objective_samples = option_int(self.opts, "objective_samples", 0, default=OBJECTIVE_SAMPLES)
         self.info = {"method": self.name}
         self.setup(host, images, settings, generator)
 
@@ -253,10 +270,27 @@ def option_int(opts: dict, key: str, minimum: int = 0, default: int | None = Non
     return int(v)
 
 
+def option_bool(opts: dict, key: str, default: bool) -> bool:
+    v = opts.get(key, default)
+    if not isinstance(v, bool):
+        raise ValueError(f"option {key} must be true or false, got {v!r}")
+    return v
+
+
 class KVAlternation(SurrogateAttack):
-    """CAAT / StyleProtect: each image step ascends the tuning loss under private to_k/to_v copies of chosen
-    cross-attention layers; ``after_step`` then descends those copies (Adam, ``lr``) on the same loss of the current
-    cloaked images, ``train_steps`` times. Subclasses pick the layers in :meth:`choose_layers`."""
+    """CAAT / StyleProtect: the image ascends the tuning loss under private to_k/to_v copies of chosen
+    cross-attention layers while those copies descend it (Adam, ``lr``). Subclasses pick the layers in
+    :meth:`choose_layers`.
+
+    ``shared_pass`` (default True, CAAT's public code): ONE UNet forward+backward per image step gives the gradient
+    w.r.t. the image and the copies; the image takes its signed step and the copies one Adam step on the same
+    gradient (of the pre-step image, the step's own (t, noise) draws, every image of the batch: ``train_batch``
+    does not apply to this update). ``train_steps`` = copy updates per image step: the first is the shared one,
+    each further one a pass of its own on the stepped image (a seeded subset of ``train_batch`` images, fresh
+    draws); 0 = the copies never move. ``shared_pass=False``: the older two-pass scheme, all ``train_steps``
+    updates in passes of their own after the image step. Memory mode ``low`` (no UNet backward in the image step)
+    also uses a pass of its own for the first update, counted with the image step.
+    """
 
     joint = True
 
@@ -268,22 +302,55 @@ class KVAlternation(SurrogateAttack):
         targets = kv_targets(host, layers)
         self.train_steps = option_int(self.opts, "train_steps")
         self.train_batch = option_int(self.opts, "train_batch", 1)
+        self.shared_pass = option_bool(self.opts, "shared_pass", True)
         self.trainer = Trainer(weight_copies(host, targets), self.opts["lr"])
+        self._wanted, self._shared = False, None
         self.info.update(layers=list(layers), layer_choice=how, trained_weights=list(targets),
-                         trained_parameters=self.trainer.adapter.num_parameters(), lr=float(self.opts["lr"]))
+                         trained_parameters=self.trainer.adapter.num_parameters(), lr=float(self.opts["lr"]),
+                         shared_pass=self.shared_pass)
 
     def inner_steps(self, settings) -> int:
-        """``train_steps`` copy updates after every image step, one progress unit each."""
-        return int(settings.steps) * option_int(settings.options, "train_steps")
+        """Copy updates in passes of their own, one progress unit each: ``train_steps`` per image step, less the
+        shared one (see the class doc)."""
+        n = option_int(settings.options, "train_steps")
+        if n and option_bool(settings.options, "shared_pass", True):
+            n -= 1
+        return int(settings.steps) * n
 
     def attack_overrides(self):
         return self.trainer.overrides()
 
+    def shared_parameters(self):
+        if not (self.shared_pass and self.train_steps):
+            return []
+        self._wanted = True   # this step's loss keeps the copies in its graph
+        return self.trainer.adapter.parameters()
+
+    def loss(self, host, x, step, generator):
+        if self._wanted:
+            return self.attack_loss(host, x, generator, self.trainer.overrides(), self.samples)
+        return super().loss(host, x, step, generator)
+
+    def shared_gradients(self, grads, loss):
+        self._shared = (grads, loss)
+
     def after_step(self, host, x, step, generator):
+        shared, self._shared, self._wanted = self._shared, None, False
         if not self.train_steps:
             return
+        own = self.train_steps
+        if shared is not None:
+            grads, loss = shared
+            if grads is not None:   # None: a half-precision overflow skipped this step
+                # the image step minimised -(tuning loss); the copies descend the tuning loss itself
+                self.trainer.apply([-g for g in grads], -loss)
+            own -= 1
         with torch.no_grad():
-            z = latents_of(host, x)
-        for _ in range(self.train_steps):
+            z = latents_of(host, x) if own else None
+        if shared is None and self.shared_pass:   # no shared gradients (score distillation): counted with the step
+            self.trainer.step(host, z, self.cond, generator, self.train_batch, self.t_range)
+            self._check()
+            own -= 1
+        for _ in range(own):
             loss = self.trainer.step(host, z, self.cond, generator, self.train_batch, self.t_range)
             self.work_step(phase="surrogate", loss=loss)
