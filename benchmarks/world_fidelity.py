@@ -54,13 +54,14 @@ def markdown(res: dict) -> str:
 
     lines = [f"World `{res['world']}`; unseen artists {', '.join(res.get('unseen', []))}.", ""]
     if "codec" in res:
-        lines += ["| artist | role | VAE round trip PSNR (dB) | classifier accuracy | centroid accuracy |",
-                  "|---|---|---|---|---|"]
+        lines += ["| artist | role | VAE round trip PSNR (dB) | classifier accuracy | centroid accuracy | "
+                  "classifier on round trips | centroid on round trips |", "|---|---|---|---|---|---|---|"]
+        nan = float("nan")
         for a, db in res["codec"].items():
             acc = res.get("judges", {}).get(a, {})
             role = "held out" if a in res["held_out"] else "dev" if a == res.get("dev") else "trained"
-            lines.append(f"| {a} | {role} | {db:.2f} | {acc.get('classifier', float('nan')):.2f} | "
-                         f"{acc.get('centroid', float('nan')):.2f} |")
+            lines.append(f"| {a} | {role} | {db:.2f} | " + " | ".join(
+                f"{acc.get(k, nan):.2f}" for k in ("classifier", "centroid", "classifier_rt", "centroid_rt")) + " |")
         lines.append("")
     if "prompt" in res:
         lines += ["| prompted artist | classifier share | centroid share |", "|---|---|---|"]
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
         res["codec"] = codec(host, world)
         log("codec done")
     if "judges" in parts:
-        res["judges"] = judge_accuracy(judges, world)
+        res["judges"] = judge_accuracy(judges, world, host=host)
         log("judges done")
     if "prompt" in parts:
         pc = prompt_control(host, judges, world, n=a.prompt_samples, seed=a.seed)

@@ -45,13 +45,21 @@ def codec(host, world, n: int = 16, seed: int = 101) -> dict:
     return out
 
 
-def judge_accuracy(judges, world, n: int = 32, seed: int = 202) -> dict:
+def judge_accuracy(judges, world, n: int = 32, seed: int = 202, host=None) -> dict:
+    """Each judge's share of fresh renders attributed to their artist; with ``host`` also of their VAE round trips
+    (``*_rt``): the ceiling of any mimicry through this codec (a mimic cannot beat its own decoder)."""
     st, size = world.styles(), int(world.config()["size"])
     out = {}
     for a in st.ARTISTS:
         x = st.render(a, n, size, seed=seed)
-        out[a] = {"classifier": round(judges.first.share(x, a), 3),
-                  "centroid": round(sum(p == a for p in judges.second.predict(x)) / n, 3)}
+        views = {"": x}
+        if host is not None:
+            with host.borrowed(), torch.no_grad():
+                views["_rt"] = ((host.decode(host.encode(x.to(host.device) * 2 - 1)) + 1) / 2).clamp(0, 1).cpu()
+        out[a] = {}
+        for tag, v in views.items():
+            out[a][f"classifier{tag}"] = round(judges.first.share(v, a), 3)
+            out[a][f"centroid{tag}"] = round(sum(p == a for p in judges.second.predict(v)) / n, 3)
     return out
 
 
