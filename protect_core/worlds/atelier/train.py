@@ -47,10 +47,11 @@ QUICK = dict(FULL, vae_steps=4, decoder_steps=3, vae_pool_per=2, vae_generic=4, 
              unet_pool_per=2, judge_steps=4, judge_batch=1, judge_pool_per=2, ckpt_every=2)
 
 
-#: The mimic's fine-tunes in this world (batch 4, "a painting in sks style"): the toy world's settings. Checked on
-#: the DEV artist only (benchmarks/world_fidelity.py --artists gouache): 3x more steps (300) made clean LoRA mimicry
-#: barely stronger (62% vs 58% of 24 samples judged gouache), so the cheaper setting stays.
-ATTACKER = {"lora": {"lr": 3e-3, "steps": 100}, "full": {"lr": 1e-3, "steps": 100}}
+#: The mimic's fine-tunes in this world (batch 4, "a painting in sks style"), chosen on the DEV artist only
+#: (benchmarks/world_fidelity.py --artists gouache, 24 samples, share judged gouache by the classifier): LoRA at
+#: 3e-3 made 58% after 100 steps, 62% after 300, 83% after 1000; the full fine-tune at 1e-3 50% after 100, 58%
+#: after 300, 29% after 600 (it overfits). So LoRA 1000 steps and full 300.
+ATTACKER = {"lora": {"lr": 3e-3, "steps": 1000}, "full": {"lr": 1e-3, "steps": 300}}
 
 
 def _lr(total: int, warmup: int):
