@@ -69,7 +69,7 @@ class Job:
     manifest: Path
     overwrite: bool = False
     retry_errors: bool = True
-    counts: dict = field(default_factory=lambda: {"written": 0, "skipped": 0, "failed": 0})
+    written: int = 0    # outputs this run wrote (the other counts come from the manifest at the end)
     finished: list = field(default_factory=list)   # per item: nothing to do (set by plan())
 
 
@@ -135,7 +135,7 @@ def run_batch(job: Job, *, ray_address=None, workers: int | None = None, cpus_pe
 
     def record(rec: dict) -> None:
         man.add({"time": round(time.time(), 3), **rec})
-        job.counts[{"done": "written", "skipped": "skipped"}.get(rec["status"], "failed")] += 1
+        job.written += rec["status"] == "done"
 
     groups = plan(job, man, record)
     todo = sum(1 for g in groups for k in g if not job.finished[k])
@@ -171,7 +171,7 @@ def run_batch(job: Job, *, ray_address=None, workers: int | None = None, cpus_pe
         if started:
             ray.shutdown()
     return {**summary, **_final_counts(job, man), "seconds": round(time.time() - t0, 3),
-            "images_per_second": round(job.counts["written"] / max(1e-9, time.time() - t0), 4)}
+            "images_per_second": round(job.written / max(1e-9, time.time() - t0), 4)}
 
 
 def _final_counts(job: Job, man: Manifest) -> dict:
@@ -179,7 +179,7 @@ def _final_counts(job: Job, man: Manifest) -> dict:
     one); ``skipped``: the rest (done before, or outputs that existed): what the exit status is computed from."""
     keys = [key for _, key in job.items]
     failed = sum(1 for k in keys if (man.get(k) or {}).get("status") == "error")
-    written = job.counts["written"]
+    written = job.written
     errors = [f"{k}: {man.get(k)['error']}" for k in keys if (man.get(k) or {}).get("status") == "error"]
     return {"written": written, "skipped": len(keys) - failed - written, "failed": failed,
             "errors": errors[:20] + ([f"... and {len(errors) - 20} more (see the manifest)"] if len(errors) > 20 else [])}

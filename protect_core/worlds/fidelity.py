@@ -33,6 +33,11 @@ THRESH = dict(codec_db=28.0, prompt=0.9, clean=0.9, noise_points=0.05, naive=0.8
 
 
 @torch.no_grad()
+def round_trip(host, x01: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] through the world's VAE and back (on the host's device; returned on the CPU)."""
+    return ((host.decode(host.encode(x01.to(host.device) * 2 - 1)) + 1) / 2).clamp(0, 1).cpu()
+
+
 def codec(host, world, n: int = 16, seed: int = 101) -> dict:
     """VAE round-trip PSNR (dB) per artist on fresh renders."""
     st, size = world.styles(), int(world.config()["size"])
@@ -40,8 +45,7 @@ def codec(host, world, n: int = 16, seed: int = 101) -> dict:
     with host.borrowed():
         for a in st.ARTISTS:
             x = st.render(a, n, size, seed=seed)
-            y = ((host.decode(host.encode(x.to(host.device) * 2 - 1)) + 1) / 2).clamp(0, 1).cpu()
-            out[a] = round(float(psnr(x, y).mean()), 2)
+            out[a] = round(float(psnr(x, round_trip(host, x)).mean()), 2)
     return out
 
 
@@ -55,7 +59,7 @@ def judge_accuracy(judges, world, n: int = 32, seed: int = 202, host=None) -> di
         views = {"": x}
         if host is not None:
             with host.borrowed(), torch.no_grad():
-                views["_rt"] = ((host.decode(host.encode(x.to(host.device) * 2 - 1)) + 1) / 2).clamp(0, 1).cpu()
+                views["_rt"] = round_trip(host, x)
         out[a] = {}
         for tag, v in views.items():
             out[a][f"classifier{tag}"] = round(judges.first.share(v, a), 3)
