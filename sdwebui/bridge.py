@@ -2,6 +2,9 @@
 button, and the host's GPU queue.
 
 * :func:`host_for` picks the adapter: Forge's ``forge_objects`` when present, else A1111's ``sd_model``;
+* :func:`current_host` first asks Forge (2024+) to load the selected checkpoint (``forge_model_reload``, as txt2img
+  does): that Forge loads a model only when a job needs it, so before the first generation ``shared.sd_model`` is a
+  placeholder;
 * :func:`state_progress` makes the engine's :class:`~protect_core.progress.Progress` report to ``shared.state``
   (``sampling_step`` / ``sampling_steps`` / ``job_count`` / ``textinfo``, which A1111's progress API and the tab's
   progress bar read) and stop when ``shared.state.interrupted`` is set (the Interrupt button);
@@ -30,12 +33,34 @@ def host_for(sd_model, autocast=None, forge_load=None, sdxl_size: int = 1024):
     return A1111Host(sd_model, autocast=autocast, sdxl_size=sdxl_size)
 
 
+def forge_selected_model():
+    """The checkpoint selected in Forge (2024+), loaded now by Forge's own ``forge_model_reload`` (a no-op when it is
+    loaded already); None in A1111 and older Forge, which load it themselves. No checkpoint: Forge's ValueError."""
+    try:
+        from modules import sd_models  # type: ignore
+    except ImportError:
+        return None
+    reload = getattr(sd_models, "forge_model_reload", None)
+    if not callable(reload):
+        return None
+    data = getattr(sd_models, "model_data", None)
+    if data is not None and not getattr(data, "forge_loading_parameters", None):
+        from modules_forge import main_entry  # type: ignore  # what the checkpoint dropdown calls at start-up
+
+        main_entry.refresh_model_loading_parameters()
+    model, _ = reload()
+    return model
+
+
 def current_host(sdxl_size: int = 1024):
-    """The adapter of the model the web UI has loaded now."""
+    """The adapter of the model the web UI has loaded now (in Forge: the selected one, loaded if need be)."""
     from modules import shared  # type: ignore
 
-    if getattr(shared.sd_model, "forge_objects", None) is not None:
-        return host_for(shared.sd_model, sdxl_size=sdxl_size)
+    model = forge_selected_model()
+    if model is None:
+        model = shared.sd_model
+    if getattr(model, "forge_objects", None) is not None:
+        return host_for(model, sdxl_size=sdxl_size)
     from .a1111_host import A1111Host
 
     return A1111Host.from_shared(sdxl_size=sdxl_size)

@@ -323,3 +323,34 @@ def test_errors_become_a_status_message(monkeypatch, tmp_path, art):
     gallery, files, report, status = purify("task(c)", [], str(art), "jpeg", "", '{"quality": 60}', 0)
     assert "Purified 2 image(s)" in status and len(gallery) == 2  # filters need no model
     assert not (tmp_path / "out").exists() or len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_forge_loads_the_selected_checkpoint_on_demand(monkeypatch, tmp_path):
+    """Forge (2024+) loads a checkpoint only when a job needs it: the tab asks forge_model_reload, as txt2img does,
+    instead of failing on the placeholder model that ``shared.sd_model`` is before the first generation."""
+    from sdwebui.bridge import current_host
+    from sdwebui.forge_host import ForgeHost
+
+    model = forge_model("tiny")[0]
+    placeholder = types.SimpleNamespace(cond_stage_model=None)  # Forge's FakeInitialModel
+    fake_webui(monkeypatch, placeholder, tmp_path, forge=True)
+    calls = []
+    data = types.SimpleNamespace(forge_loading_parameters={})
+
+    def refresh():
+        calls.append("refresh")
+        data.forge_loading_parameters = {"checkpoint_info": "model.safetensors"}
+
+    def forge_model_reload():
+        calls.append("reload")
+        return model, True
+
+    monkeypatch.setitem(sys.modules, "modules.sd_models",
+                        types.SimpleNamespace(forge_model_reload=forge_model_reload, model_data=data))
+    monkeypatch.setattr(sys.modules["modules"], "sd_models", sys.modules["modules.sd_models"], raising=False)
+    sys.modules["modules_forge"].main_entry = types.SimpleNamespace(refresh_model_loading_parameters=refresh)
+    host = current_host()
+    assert isinstance(host, ForgeHost) and host.patcher is model.forge_objects.unet
+    assert calls == ["refresh", "reload"]
+    current_host()
+    assert calls == ["refresh", "reload", "reload"]  # parameters already chosen: no second refresh
