@@ -3,8 +3,9 @@
 They install the pack (a symlink in custom_nodes), make an SD1.5-shaped checkpoint with random weights, start
 ComfyUI on CPU on a loopback port, queue each example workflow through the HTTP API, and check the outputs and
 reports; that the host model is unchanged (a KSampler image made before and after StyleCloak's nodes is
-bit-identical); that an interrupt mid-cloak stops within seconds; and that the memory modes checkpoint
-ComfyUI's own modules.
+bit-identical); that an interrupt mid-cloak stops within seconds; that the memory modes checkpoint
+ComfyUI's own modules; and that a Mimicry Test judged by a CLIP vision model from ComfyUI's own *Load CLIP Vision*
+node (random ViT-L/14 weights from tools/make_random_clip_vision.py) says so in its report.
 Python for ComfyUI: $COMFYUI_PYTHON, else $COMFYUI_PATH/.venv/bin/python, else this interpreter. Extra ComfyUI
 arguments: $COMFYUI_ARGS (e.g. ``--front-end-root DIR`` to try another front end).
 """
@@ -29,6 +30,8 @@ pytestmark = [pytest.mark.host, pytest.mark.slow,
 
 sys.path.insert(0, str(ROOT / "example_workflows"))
 from definitions import CHECKPOINT, CPU_TEST_OVERRIDES, WORKFLOWS, api_format  # noqa: E402
+
+CLIP_VISION = "stylecloak_random_vitl.safetensors"
 
 
 def _python() -> str:
@@ -112,6 +115,10 @@ def server(tmp_path_factory):
     art.save(inputs / "artwork.png")
     for k in range(3):
         art.rotate(90 * k).save(inputs / "artist" / f"art_{k}.png")
+    clip_vision = root / "models" / "clip_vision" / CLIP_VISION
+    if not clip_vision.exists():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "make_random_clip_vision.py"), str(clip_vision)],
+                       check=True)
     srv = Server(root, _free_port(), tmp_path_factory.mktemp("comfy") / "server.log")
     yield srv
     srv.stop()
@@ -202,3 +209,20 @@ def test_memory_modes_checkpoint_the_real_model(server, method, memory, probe_se
     assert mem["checkpointed_modules"] > 0, "no ComfyUI module was checkpointed"
     after = _image_bytes(root, server.wait(server.queue(probe)), "6")
     assert before == after
+
+
+def test_mimicry_test_judged_by_comfyui_clip_vision(server):
+    """The optional ``clip_vision`` input takes the CLIP_VISION of ComfyUI's own loader; the report names that judge
+    and its embedding width (768 for ViT-L/14), and the scores are finite."""
+    name = "protect_folder_and_test_mimicry"
+    graph = api_format(name, CPU_TEST_OVERRIDES[name])
+    graph["90"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP_VISION}}
+    graph["8"]["inputs"]["clip_vision"] = ["90", 0]
+    hist = server.wait(server.queue(graph))
+    assert hist["status"]["status_str"] == "success", _failure(hist)
+    (report,) = _outputs(hist)["8"]["stylecloak_mimicry"]
+    judge = report["style_embedding"]
+    assert judge["judge"] == "clip_vision" and "CLIP_VISION" in judge["source"], judge
+    assert judge["dimensions"] == 768, judge
+    sims = [c["style_similarity"]["mean"] for c in report["conditions"].values()]
+    assert sims and all(isinstance(v, float) and -1.0 <= v <= 1.0 for v in sims), report["conditions"]
