@@ -14,11 +14,17 @@ Facts of Forge it respects (the current ``backend`` and the older ``ldm_patched`
 * text goes through ``sd_model.get_learned_conditioning`` when given (what txt2img uses; SDXL returns
   ``{"crossattn", "vector"}``), else through an old-style CLIP's ``tokenize`` / ``encode_from_tokens``;
 * the VAE's ``first_stage_model`` sub-modules are called directly (Forge's ``VAE.encode`` is inference-mode and
-  may tile); latents are scaled with the model's ``latent_format`` or the VAE's ``scaling_factor``/``shift_factor``.
+  may tile); latents are scaled with the model's ``latent_format`` or the VAE's ``scaling_factor``/``shift_factor``;
+* Forge's transformer blocks (both backends) add attention and feed-forward outputs to their residual stream in
+  place (``x += n``) after a LayerNorm has saved that stream for backward, so a gradient through them fails
+  ("modified by an inplace operation") and, under gradient checkpointing, would be recomputed from changed values.
+  For a borrow only, each block gets an instance-level ``forward`` (:func:`out_of_place_forward`) that runs its own
+  forward with such updates made out of place, only when autograd records them; the result is the same.
 """
 from __future__ import annotations
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from protect_core.backends.ldm_host import LdmHost, prediction_type_of
 from protect_core.errors import ModelError
@@ -63,6 +69,43 @@ def latent_scaling(base, fsm) -> tuple[float, float]:
     raise ModelError("cannot find the VAE's latent scaling factor (no latent_format or scaling_factor)")
 
 
+#: in-place tensor updates and their out-of-place twins (``x += n`` calls ``Tensor.add_``)
+_OUT_OF_PLACE = {torch.Tensor.add_: torch.add, torch.Tensor.sub_: torch.sub, torch.Tensor.mul_: torch.mul,
+                 torch.Tensor.div_: torch.div}
+#: marks the block forwards made here
+MARK = "__stylecloak_out_of_place__"
+
+
+class OutOfPlaceUpdates(TorchFunctionMode):
+    """``a.add_(b)`` (and sub_/mul_/div_) become ``torch.add(a, b)`` when autograd records them (grad mode on and an
+    operand requires grad). Only for code that rebinds the result, as augmented assignment (``x += n``) does."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        twin = _OUT_OF_PLACE.get(func)
+        if twin is not None and torch.is_grad_enabled() and any(
+                isinstance(a, torch.Tensor) and a.requires_grad for a in args[:2]):
+            return twin(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def transformer_blocks(unet) -> list:
+    """Forge's BasicTransformerBlocks, by structure (self- and cross-attention, three norms, a feed-forward)."""
+    return [m for m in unet.modules() if all(hasattr(m, a) for a in ("attn1", "attn2", "norm2", "norm3", "ff"))]
+
+
+def out_of_place_forward(block):
+    """``block``'s current forward, run under :class:`OutOfPlaceUpdates` (installed for one borrow only)."""
+    inner = block.forward
+
+    def forward(*args, **kwargs):
+        with OutOfPlaceUpdates():
+            return inner(*args, **kwargs)
+
+    setattr(forward, MARK, True)
+    return forward
+
+
 def forge_loader():
     """Forge's ``load_models_gpu`` (current ``backend`` or older ``ldm_patched``), or None outside Forge."""
     for name in ("backend.memory_management", "ldm_patched.modules.model_management"):
@@ -88,6 +131,7 @@ class ForgeHost(LdmHost):
         scale, shift = latent_scaling(base, fsm)
         self.patcher, self.clip, self.vae_obj, self.base = unet, clip, vae, base
         self.text_fn, self.load, self.sdxl_size = text_fn, load, int(sdxl_size)
+        self._blocks = None
         self._ensure_loaded()
         dtype = getattr(base, "computation_dtype", None) or getattr(base, "manual_cast_dtype", None)
         super().__init__(diffusion, fsm, getattr(clip, "cond_stage_model", None), alphas_cumprod=alphas,
@@ -112,6 +156,14 @@ class ForgeHost(LdmHost):
 
     def _unet_kwargs(self) -> dict:
         return {"transformer_options": {}}
+
+    def _unet(self, latents, t, cond, weights):
+        if self._blocks is None:
+            self._blocks = transformer_blocks(self.unet)
+        for block in self._blocks:  # again each call: a memory session may have restored an earlier mark
+            if not getattr(block.__dict__.get("forward"), MARK, False):
+                self.set_borrowed_attr(block, "forward", out_of_place_forward(block))
+        return super()._unet(latents, t, cond, weights)
 
     def _encode_text(self, prompts):
         try:

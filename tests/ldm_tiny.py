@@ -9,12 +9,16 @@ and its canonical layer names against the diffusers names tensor for tensor.
 
 :func:`a1111_model` builds an object shaped like A1111's ``shared.sd_model`` (LatentDiffusion for SD1/SD2, the
 SDXL DiffusionEngine with a dict conditioning); :func:`forge_model` one shaped like Forge's (``forge_objects`` with
-ModelPatcher-like unet/vae/clip, every weight created under ``torch.inference_mode()``).
+ModelPatcher-like unet/vae/clip, every weight created under ``torch.inference_mode()``, and transformer blocks that
+update their residual stream in place, ``x += n``, as Forge's do, while its UNet runs).
 """
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
+from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from protect_core.tiny_models import build_tiny_pipeline
@@ -47,6 +51,24 @@ class LdmSequential(nn.ModuleList):
                 x = layer(x, output_size=output_shape)
             else:
                 x = layer(x)
+        return x
+
+
+_FORGE_STYLE = threading.local()
+
+
+class ForgeStyleBlock(BasicTransformerBlock):
+    """A diffusers transformer block that, inside a Forge-style :class:`TinyLdmUNet`, adds attention and
+    feed-forward outputs to its residual stream in place after LayerNorm saved it, as Forge's BasicTransformerBlock
+    does (same numbers; a gradient through it fails unless the adapter copes). Elsewhere: the diffusers forward."""
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs):
+        if not getattr(_FORGE_STYLE, "on", False):
+            return super().forward(hidden_states, attention_mask, encoder_hidden_states, **kwargs)
+        x = hidden_states
+        x += self.attn1(self.norm1(x))
+        x += self.attn2(self.norm2(x), encoder_hidden_states=encoder_hidden_states)
+        x += self.ff(self.norm3(x))
         return x
 
 
@@ -90,11 +112,18 @@ class TinyLdmUNet(nn.Module):
         self.out = nn.Sequential(unet.conv_norm_out, nn.SiLU(), unet.conv_out)
 
     def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
-        from diffusers.models.embeddings import get_timestep_embedding
-
         if self.forge_style:  # Forge's UNet writes into the dict it is given: each call needs its own
             assert isinstance(transformer_options, dict), "Forge's UNet needs transformer_options"
             transformer_options["original_shape"] = list(x.shape)
+        was, _FORGE_STYLE.on = getattr(_FORGE_STYLE, "on", False), self.forge_style
+        try:
+            return self._forward(x, timesteps, context, y)
+        finally:
+            _FORGE_STYLE.on = was
+
+    def _forward(self, x, timesteps, context, y):
+        from diffusers.models.embeddings import get_timestep_embedding
+
         assert (y is not None) == (self.num_classes is not None), "y must be given exactly for SDXL-type UNets"
         t = get_timestep_embedding(timesteps, self.model_channels, flip_sin_to_cos=self.flip,
                                    downscale_freq_shift=self.shift)
@@ -281,10 +310,17 @@ class ForgeModel:
         return {"crossattn": ctx, "vector": size_vector(self.pipe, pooled, h, w)}
 
 
-def forge_model(flavour: str = "tiny", seed: int = 0, style: str = "new"):
-    """(Forge-shaped model with every weight an inference tensor, requires_grad left True, its pipeline)."""
+def forge_model(flavour: str = "tiny", seed: int = 0, style: str = "new", inplace: bool | None = None):
+    """(Forge-shaped model with every weight an inference tensor, requires_grad left True, its pipeline).
+
+    ``inplace``: transformer blocks update their residual stream in place as both Forge backends do (default: for
+    ``style="new"``; the old style also stands in for ComfyUI, whose blocks add out of place)."""
     with torch.inference_mode():
         pipe = build_tiny_pipeline(flavour, seed)
+        if style == "new" if inplace is None else inplace:
+            for m in pipe.unet.modules():
+                if type(m) is BasicTransformerBlock:
+                    m.__class__ = ForgeStyleBlock
         model = ForgeModel(pipe, flavour, style)
         for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
             if m is not None:

@@ -30,7 +30,7 @@ def make(kind: str):
             model, pipe = a1111_model(flavour)
             host = A1111Host(model, sdxl_size=64)
         else:
-            model, pipe = forge_model(flavour, style="old" if host_kind == "forge-old" else "new")
+            model, pipe = forge_model(flavour, style="old" if host_kind == "forge-old" else "new", inplace=True)
             loads = []
             fo = model.forge_objects
             text_fn = model.get_learned_conditioning if host_kind == "forge" else None
