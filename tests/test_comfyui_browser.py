@@ -93,19 +93,22 @@ def browser(comfy):
     driver.set_script_timeout(60)
     try:
         driver.get(comfy.url + "/")
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if driver.execute_script("return !!(window.app && app.graph && window.LiteGraph && "
-                                     "LiteGraph.registered_node_types['StyleCloak_CloakImage'])"):
-                break
-            time.sleep(1)
-        else:
-            raise RuntimeError("the front end did not load the StyleCloak nodes")
-        time.sleep(3)  # extensions finish registering
+        _wait_front_end(driver)
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_front_end(driver, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if driver.execute_script("return !!(window.app && app.graph && window.LiteGraph && "
+                                 "LiteGraph.registered_node_types['StyleCloak_CloakImage'])"):
+            time.sleep(3)  # extensions finish registering
+            return
+        time.sleep(1)
+    raise RuntimeError("the front end did not load the StyleCloak nodes")
 
 
 JS_WIDGETS = """
@@ -229,6 +232,40 @@ def _no_overlap(driver, where: str):
             assert apart, f"{where}: nodes {a[0]} and {b[0]} overlap"
 
 
+def _export_workflow(driver, comfy) -> Path:
+    """Run the page's own Workflow -> Export command (no filename prompt) and return the file Chromium downloaded."""
+    folder = Path(tempfile.mkdtemp(prefix="stylecloak-export-"))
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)})
+    driver.execute_async_script("""
+      const done = arguments[0];
+      (async () => {
+        await app.extensionManager.setting.set('Comfy.PromptFilename', false);
+        await app.extensionManager.command.execute('Comfy.ExportWorkflow');
+      })().then(() => done(1), e => done(String(e)));""")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done = [p for p in folder.glob("*.json")]
+        if done and not list(folder.glob("*.crdownload")):
+            return done[0]
+        time.sleep(0.5)
+    raise AssertionError("the Export command downloaded no workflow file")
+
+
+def _open_workflow(driver, path: Path):
+    """What Workflow -> Open does: the page's hidden file input gets the file (selenium stands in for the file
+    chooser the Open command shows), and the front end loads it."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "comfy-file-input").send_keys(str(path))
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if driver.execute_script("return app.graph._nodes.length") > 0:
+            time.sleep(2)
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"opening {path.name} loaded no nodes")
+
+
 JS_ZOOM = """
 const n = app.graph.getNodeById(arguments[0]);
 app.canvas.ds.scale = 1.0;
@@ -304,4 +341,24 @@ def test_example_workflow_in_the_browser(comfy, browser, name):
     assert hist["status"]["status_str"] == "success"
     time.sleep(3)
     _check_dom_widgets(browser, expected, f"{name} cached re-run")
+
+    # Saved through the page's own Export command and reopened through its Open command in a freshly loaded page:
+    # the widget values come back, and so do the pack's widgets with the last results (kept in the node properties).
+    before = browser.execute_script(JS_WIDGETS)
+    exported = _export_workflow(browser, comfy)
+    browser.refresh()
+    _wait_front_end(browser)
+    browser.execute_script("app.graph.clear();")
+    _open_workflow(browser, exported)
+    reopened = browser.execute_script(JS_WIDGETS)
+    def own(widgets):  # the front end's image-preview widget ("$$canvas-image-preview") comes with new outputs only
+        return [w for w in widgets if not str(w[0]).startswith("$$")]
+
+    for nid in nodes:
+        assert own(reopened[nid]["widgets"]) == own(before[nid]["widgets"]), f"{name} node {nid}: other values"
+        assert reopened[nid]["saved"] == before[nid]["saved"], f"{name} node {nid} would save other values"
+    browser.execute_script(JS_FIT)
+    time.sleep(2)
+    shown = _check_dom_widgets(browser, expected, f"{name} reopened from its exported file")
+    _shots(browser, name, shown, "reopened")
     print(f"{name}: {time.time() - t0:.0f} s in the browser")

@@ -37,7 +37,8 @@ const CSS = `
 .stylecloak-verdict { font-weight: bold; padding: 2px 4px; border-radius: 3px; }
 .stylecloak-good { background: rgba(60,160,90,.35); } .stylecloak-mid { background: rgba(220,160,40,.35); }
 .stylecloak-bad { background: rgba(210,70,60,.35); } .stylecloak-none { background: rgba(128,128,128,.3); }
-.stylecloak-memory { opacity: .85; padding: 0 4px; border-radius: 3px; overflow-wrap: anywhere; }
+.stylecloak-memory { opacity: .85; border-radius: 3px; overflow-wrap: anywhere; }
+.stylecloak-memory.stylecloak-mid { padding: 0 4px; }
 .stylecloak-empty { opacity: .6; font-style: italic; padding: 4px; }
 `;
 
