@@ -231,7 +231,7 @@ def _results(gr, section: str, image: bool = False):
     files = gr.File(label="Downloads (lossless PNG + report.json)", file_count="multiple", interactive=False)
     with gr.Accordion("Report (JSON)", open=False):
         report = gr.JSON(label="Report")
-    status = gr.HTML("")
+    status = gr.HTML("", elem_id=f"stylecloak_{section}_status")
     return shown, files, report, status
 
 
@@ -248,7 +248,7 @@ def build_tab():
                         task = gr.Textbox(visible=False)
                         files, folder = _images_input(gr, "Artwork to protect", "cloak")
                         methods = _methods()
-                        method = gr.Dropdown(label="Method", choices=methods,
+                        method = gr.Dropdown(label="Method", choices=methods, elem_id="stylecloak_cloak_method",
                                              value=opt("stylecloak_method") if opt("stylecloak_method") in methods
                                              else methods[0])
                         intensity = gr.Radio(label="Intensity", choices=_intensities(),
@@ -257,13 +257,14 @@ def build_tab():
                         robust = gr.Checkbox(label="Robust: survive JPEG, resizing, blur and noise (slower)",
                                              value=bool(opt("stylecloak_robust")))
                         with gr.Accordion("Expert settings", open=False):
-                            steps = gr.Number(label="Steps (0 = from intensity)", value=0, precision=0)
+                            steps = gr.Number(label="Steps (0 = from intensity)", value=0, precision=0,
+                                              elem_id="stylecloak_cloak_steps")
                             eps = gr.Slider(label="L-inf budget in 0-255 levels (0 = from intensity)", minimum=0,
                                             maximum=32, step=0.5, value=0)
                             seed = gr.Number(label="Seed", value=0, precision=0)
                             layers = gr.Textbox(label="Layer selection (layers.json from Select Layers, or a preset: "
                                                 "all / down / mid / up / styleprotect)")
-                        run = gr.Button("Cloak", variant="primary")
+                        run = gr.Button("Cloak", variant="primary", elem_id="stylecloak_cloak_run")
                     with gr.Column():
                         out = _results(gr, "cloak")
                 _click(run, cloak_click, [task, files, folder, method, intensity, target, robust, steps, eps, seed,
@@ -284,7 +285,7 @@ def build_tab():
                         score_l = gr.Dropdown(label="Score (causal: what a layer carries downstream; activation: "
                                                     "how differently it responds; combined: both)",
                                               choices=["causal", "activation", "combined"], value="causal")
-                        run_l = gr.Button("Select layers", variant="primary")
+                        run_l = gr.Button("Select layers", variant="primary", elem_id="stylecloak_layers_run")
                     with gr.Column():
                         heat, files_lo, report_l, status_l = _results(gr, "layers", image=True)
                 _click(run_l, layers_click, [task_l, files_l, folder_l, top_k, style_p, content_p, timesteps,
@@ -302,7 +303,7 @@ def build_tab():
                         chain = gr.Textbox(label="Chain instead (e.g. jpeg,impress)")
                         params = gr.Textbox(label='Parameters as JSON (e.g. {"strength": 0.1}; empty = defaults)')
                         seed_p = gr.Number(label="Seed", value=0, precision=0)
-                        run_p = gr.Button("Purify", variant="primary")
+                        run_p = gr.Button("Purify", variant="primary", elem_id="stylecloak_purify_run")
                     with gr.Column():
                         out_p = _results(gr, "purify")
                 _click(run_p, purify_click, [task_p, files_p, folder_p, pmethod, chain, params, seed_p], list(out_p),
@@ -329,7 +330,7 @@ def build_tab():
                         layers_m = gr.Textbox(label="Layer selection (optional; default all attention layers)")
                         clip_m = gr.Textbox(label=CLIP_VISION_LABEL, value=str(opt("stylecloak_clip_vision") or ""),
                                             placeholder="C:/models/clip-vit-large-patch14")
-                        run_m = gr.Button("Run mimicry test", variant="primary")
+                        run_m = gr.Button("Run mimicry test", variant="primary", elem_id="stylecloak_mimicry_run")
                     with gr.Column():
                         out_m = _results(gr, "mimicry", image=True)
                 _click(run_m, mimicry_click, [task_m, clean_f, clean_d, train_f, train_d, name1, train2_f, train2_d,
