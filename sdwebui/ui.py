@@ -202,17 +202,25 @@ def mimicry_click(task_id, clean_files, clean_folder, train_files, train_folder,
 
 
 # ---------------------------------------------------------------------------------------------------- layout
-def _click(button, fn, inputs, outputs, section: str) -> None:
-    """``button.click`` through the GPU queue, with the JS that gives the job a task id (``_js`` in Gradio 3), and
-    an Interrupt button next to it (not queued, so it runs while the job holds the queue)."""
+def _run_buttons(gr, label: str, section: str):
+    """The section's run button with its Interrupt button beside it (one row, under the section's inputs)."""
+    with gr.Row():
+        run = gr.Button(label, variant="primary", elem_id=f"stylecloak_{section}_run")
+        stop = gr.Button("Interrupt", elem_id=f"stylecloak_{section}_interrupt")
+    return run, stop
+
+
+def _click(buttons, fn, inputs, outputs, section: str) -> None:
+    """``run.click`` through the GPU queue, with the JS that gives the job a task id (``_js`` in Gradio 3), and
+    ``stop.click`` -> :func:`interrupt` (not queued, so it runs while the job holds the queue)."""
     import gradio as gr
 
     from .bridge import gpu_call
 
+    run, stop = buttons
     key = "_js" if int(gr.__version__.split(".")[0]) < 4 else "js"
-    button.click(fn=gpu_call(fn, len(outputs)), inputs=inputs, outputs=outputs,
-                 **{key: f"stylecloak_submit_{section}"})
-    stop = gr.Button("Interrupt", elem_id=f"stylecloak_{section}_interrupt")
+    run.click(fn=gpu_call(fn, len(outputs)), inputs=inputs, outputs=outputs,
+              **{key: f"stylecloak_submit_{section}"})
     stop.click(fn=interrupt, inputs=[], outputs=[])
 
 
@@ -222,10 +230,11 @@ def _images_input(gr, label: str, section: str):
     return files, folder
 
 
-def _results(gr, section: str, image: bool = False):
+def _results(gr, section: str, image: str = ""):
+    """The results column; ``image``: the label of a single result image (else a gallery of results)."""
     gr.HTML("", elem_id=f"stylecloak_{section}_progress")
     if image:
-        shown = gr.Image(label="Report", type="pil", interactive=False, elem_id=f"stylecloak_{section}_gallery")
+        shown = gr.Image(label=image, type="pil", interactive=False, elem_id=f"stylecloak_{section}_gallery")
     else:
         shown = gr.Gallery(label="Results", columns=4, elem_id=f"stylecloak_{section}_gallery")
     files = gr.File(label="Downloads (lossless PNG + report.json)", file_count="multiple", interactive=False)
@@ -264,7 +273,7 @@ def build_tab():
                             seed = gr.Number(label="Seed", value=0, precision=0)
                             layers = gr.Textbox(label="Layer selection (layers.json from Select Layers, or a preset: "
                                                 "all / down / mid / up / styleprotect)")
-                        run = gr.Button("Cloak", variant="primary", elem_id="stylecloak_cloak_run")
+                        run = _run_buttons(gr, "Cloak", "cloak")
                     with gr.Column():
                         out = _results(gr, "cloak")
                 _click(run, cloak_click, [task, files, folder, method, intensity, target, robust, steps, eps, seed,
@@ -285,9 +294,9 @@ def build_tab():
                         score_l = gr.Dropdown(label="Score (causal: what a layer carries downstream; activation: "
                                                     "how differently it responds; combined: both)",
                                               choices=["causal", "activation", "combined"], value="causal")
-                        run_l = gr.Button("Select layers", variant="primary", elem_id="stylecloak_layers_run")
+                        run_l = _run_buttons(gr, "Select layers", "layers")
                     with gr.Column():
-                        heat, files_lo, report_l, status_l = _results(gr, "layers", image=True)
+                        heat, files_lo, report_l, status_l = _results(gr, "layers", image="Style sensitivity per layer (heat map)")
                 _click(run_l, layers_click, [task_l, files_l, folder_l, top_k, style_p, content_p, timesteps,
                                              noise_seeds, size, seed_l, score_l],
                        [heat, files_lo, report_l, layers, status_l], "layers")
@@ -303,7 +312,7 @@ def build_tab():
                         chain = gr.Textbox(label="Chain instead (e.g. jpeg,impress)")
                         params = gr.Textbox(label='Parameters as JSON (e.g. {"strength": 0.1}; empty = defaults)')
                         seed_p = gr.Number(label="Seed", value=0, precision=0)
-                        run_p = gr.Button("Purify", variant="primary", elem_id="stylecloak_purify_run")
+                        run_p = _run_buttons(gr, "Purify", "purify")
                     with gr.Column():
                         out_p = _results(gr, "purify")
                 _click(run_p, purify_click, [task_p, files_p, folder_p, pmethod, chain, params, seed_p], list(out_p),
@@ -330,9 +339,9 @@ def build_tab():
                         layers_m = gr.Textbox(label="Layer selection (optional; default all attention layers)")
                         clip_m = gr.Textbox(label=CLIP_VISION_LABEL, value=str(opt("stylecloak_clip_vision") or ""),
                                             placeholder="C:/models/clip-vit-large-patch14")
-                        run_m = gr.Button("Run mimicry test", variant="primary", elem_id="stylecloak_mimicry_run")
+                        run_m = _run_buttons(gr, "Run mimicry test", "mimicry")
                     with gr.Column():
-                        out_m = _results(gr, "mimicry", image=True)
+                        out_m = _results(gr, "mimicry", image="Report card")
                 _click(run_m, mimicry_click, [task_m, clean_f, clean_d, train_f, train_d, name1, train2_f, train2_d,
                                               name2, mmethod, msteps, rank, samples, resolution, seed_m, layers_m,
                                               clip_m],
