@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,12 +223,30 @@ def _deploy_error(serve, app_name: str) -> str:
     return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else ""
 
 
+#: Seconds a stop waits for Serve's graceful shutdown (replicas finish what they run) before the local Ray is ended
+#: anyway: on a loaded machine Serve's own shutdown alone took over 90 s, too long for a Ctrl-C.
+GRACE_S = 20.0
+
+
+def _bounded(fn, seconds: float) -> None:
+    """Run ``fn`` for at most ``seconds`` (in a daemon thread; whatever it raises is dropped: this is a stop)."""
+    def quietly():
+        try:
+            fn()
+        except BaseException:   # noqa: BLE001 - the stop goes on regardless
+            pass
+    worker = threading.Thread(target=quietly, name="stylecloak-serve-stop", daemon=True)
+    worker.start()
+    worker.join(seconds)
+
+
 def _stop(local: bool, serve, ray, app_name: str) -> None:
-    """Delete the application (a cluster given with --ray-address keeps Serve) or stop Serve and the local Ray."""
+    """Delete the application (a cluster given with --ray-address keeps Serve) or stop Serve and the local Ray;
+    a local Serve gets :data:`GRACE_S` to finish, then the local Ray (every replica with it) is ended."""
     try:
         if local:
-            serve.shutdown()
-        else:
+            _bounded(serve.shutdown, GRACE_S)
+        else:   # a cluster's Serve outlives this command: wait until the application is really gone
             serve.delete(app_name)
     finally:
         ray.shutdown()
