@@ -56,13 +56,22 @@ def request(url: str, path: str, body: bytes | None = None, headers: dict | None
         conn.close()
 
 
+def ctrl_c_reaches_child() -> None:
+    """Popen's ``preexec_fn``: SIGINT at its default in the child, as in a terminal. A program started in the
+    background by a non-interactive shell (``cmd &``, as CI scripts and ``nohup ... &`` do) inherits SIGINT
+    *ignored*, and Python then installs no KeyboardInterrupt handler, so a Ctrl-C test would wait for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_service(args: list[str], timeout: float = 240) -> tuple[subprocess.Popen, str]:
     """``python -m protect_core serve ARGS`` on a free loopback port; returns (process, base URL) once /healthz
-    answers 200. Its stderr goes to a temporary file (``proc.stderr_path``)."""
+    answers 200. Its stderr goes to a temporary file (``proc.stderr_path``); Ctrl-C reaches it (see
+    :func:`ctrl_c_reaches_child`)."""
     port = free_port()
     err = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"stylecloak-serve-{port}.err"), "w+b")
     proc = subprocess.Popen([sys.executable, "-m", "protect_core", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), *args], stdout=subprocess.PIPE, stderr=err)
+                             str(port), *args], stdout=subprocess.PIPE, stderr=err,
+                            preexec_fn=ctrl_c_reaches_child)
     proc.stderr_path = err.name
     url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
     while time.time() < deadline:

@@ -368,7 +368,9 @@ def test_signal_then_resume_gives_the_uninterrupted_bytes(tmp_path, sig, uninter
     art, full = uninterrupted
     cmd = SIGNAL_CMD + [str(art)]
     part = tmp_path / "part"
-    proc = subprocess.Popen(cmd + ["-o", str(part)], env=SIGNAL_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT at its default in the child, as in a terminal (a suite started with `cmd &` passes it on ignored)
+    proc = subprocess.Popen(cmd + ["-o", str(part)], env=SIGNAL_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not (part.exists() and any(part.glob("*.png"))) and proc.poll() is None:
         time.sleep(0.02)
