@@ -32,6 +32,7 @@ COMMANDS = {
     "layers": ("protect_core.layers.cli", "rank cross-attention layers by style sensitivity"),
     "purify": ("protect_core.purify.cli", "attack a cloak: IMPRESS, DiffPure, noisy upscale, filters"),
     "mimicry": ("protect_core.mimicry.cli", "fine-tune, generate and score how much style was copied"),
+    "train-generator": ("protect_core.generator.cli", "train a one-pass cloak network for a model (method instant)"),
     "info": ("protect_core.info_cli", "describe a model as StyleCloak sees it (default: the shipped toy model)"),
     # the platform layer (pip install "stylecloak[ray]"): its own package; protect_core never imports Ray
     "batch": ("stylecloak_platform.batch_cli", "cloak a whole gallery on Ray, resumable from its manifest"),

@@ -306,6 +306,31 @@ def test_cloak_node_end_to_end_and_interrupt(pack, interrupt_flag, integrity):
     check.assert_unchanged()
 
 
+def test_cloak_node_instant_finds_the_generator_of_the_graphs_model(pack, integrity, tmp_path, monkeypatch):
+    """The one-pass method from the node: a generator trained for this model, found through
+    STYLECLOAK_GENERATOR_PATH by its probe; the cloak holds the budget and the model comes back unchanged."""
+    from protect_core.generator.store import ENV_PATH, model_probe, save_generator
+    from protect_core.generator.train import TrainSettings, train_generator
+
+    host, _, (model, clip, vae) = comfy_host(pack)
+    check = integrity(host)
+    ts = TrainSettings(steps=4, batch_size=2, width=8, depth=1, lr=2e-2, perceptual_budget=None, objective="photoguard")
+    with torch.inference_mode(False):
+        net, _, _ = train_generator(host, _smooth(2, 32, seed=3).permute(0, 3, 1, 2).contiguous(), ts)
+        with host.borrowed():
+            probe = model_probe(host)
+    save_generator(tmp_path / "generator.safetensors", net, probe, {"eps": ts.eps, "objective": ts.objective})
+    monkeypatch.setenv(ENV_PATH, str(tmp_path))
+    img = _smooth(1, 64).contiguous()
+    node = pack.by_id["StyleCloak_CloakImage"]
+    with torch.inference_mode():
+        out = node.execute(img, model, clip, vae, "instant", "default", 0, False, "", 0, 8.0)
+    cloaked, _, report = out.args
+    stats = json.loads(report)["images"][0]
+    assert stats["linf_255"] <= 8.0 + 1e-3 and not torch.equal(cloaked, img)
+    check.assert_unchanged()
+
+
 # ------------------------------------------------------------------------------------------------ mimicry node
 @pytest.fixture(scope="module")
 def mimicry_run(pack):

@@ -241,3 +241,30 @@ def test_memory_used_says_which_mode_ran_and_any_fallback():
     assert jobs.memory_used([{"name": "fast", "fallbacks": []}] * 2) == " [memory: fast]"
     both = [{"name": "fast", "fallbacks": []}, {"name": "low", "fallbacks": ["out of memory in balanced"]}]
     assert jobs.memory_used(both) == " [memory: fast, low, after out-of-memory]"
+
+
+def test_instant_cloak_from_the_tab_finds_the_generator_of_the_loaded_model(art, tmp_path, integrity, monkeypatch):
+    """The one-pass method in the tab: a generator trained for the loaded model, found through
+    STYLECLOAK_GENERATOR_PATH by its probe; files within the budget, the model unchanged."""
+    import torch
+
+    from protect_core.generator.store import ENV_PATH, model_probe, save_generator
+    from protect_core.generator.train import TrainSettings, train_generator
+
+    host = tiny_host()
+    check = integrity(host)
+    ts = TrainSettings(steps=4, batch_size=2, width=8, depth=1, lr=2e-2, perceptual_budget=None, objective="photoguard")
+    pool = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    net, _, _ = train_generator(host, pool, ts)
+    with host.borrowed():
+        probe = model_probe(host)
+    save_generator(tmp_path / "gens" / "generator.safetensors", net, probe, {"eps": ts.eps, "objective": "photoguard"})
+    monkeypatch.setenv(ENV_PATH, str(tmp_path / "gens"))
+    result = jobs.cloak_job(tiny_host, jobs.gather_inputs([], str(art)), out_root=tmp_path / "out", method="instant",
+                            eps255=8)
+    check.assert_unchanged()
+    report = json.loads((result.folder / "report.json").read_text())
+    assert report["method"] == "instant" and len(report["images"]) == 2
+    clean = np.asarray(Image.open(art / "b.png")).astype(int)
+    cloaked = np.asarray(Image.open(result.folder / "b.png")).astype(int)
+    assert 0 < np.abs(cloaked - clean).max() <= 8

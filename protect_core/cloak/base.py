@@ -5,8 +5,10 @@ decorated with :func:`register`; the optimiser (``protect_core.cloak.optimize``)
 perturbation, the L-inf and perceptual budgets, the robust (expectation-over-transforms) option, seeding, progress
 and cancellation. Methods see images as float tensors ``(B, 3, H, W)`` in ``[0, 1]`` and return a loss to MINIMISE.
 
-Lifecycle for one batch (or one joint set): ``prepare`` once, then for each step ``loss`` (the optimiser steps the
-image on its gradient), then ``after_step`` (surrogate updates: ASPL, CAAT, StyleProtect, Mist-v2's LoRA).
+Lifecycle for one batch (or one joint set): ``prepare`` once, then ``initial_delta`` (where the perturbation starts:
+zero unless the method says otherwise, e.g. the one-pass network's output), then for each step ``loss`` (the
+optimiser steps the image on its gradient), then ``after_step`` (surrogate updates: ASPL, CAAT, StyleProtect,
+Mist-v2's LoRA). A method with ``steps = 0`` is its ``initial_delta`` alone, finalised like any other cloak.
 
 Shared backward (CAAT's scheme): a method that also trains private weights on the image step's own loss lists
 them in :meth:`CloakMethod.shared_parameters`; the optimiser then takes the gradient w.r.t. the perturbation AND
@@ -73,8 +75,17 @@ class CloakMethod:
     joint: ClassVar[bool] = False          # needs the whole image set at once (surrogate trained on the set)
     uses_unet: ClassVar[bool] = True       # False for encoder-only methods (cheaper; enables big tiles)
 
+    def check_settings(self, settings: CloakSettings) -> None:
+        """Raise (ValueError or StyleCloakError, one line) for resolved settings this method cannot use, before any
+        model work: e.g. a file named in an option that is missing. Default: nothing to check."""
+
     def prepare(self, host, images: torch.Tensor, settings: CloakSettings, generator: torch.Generator) -> None:
         """Build targets, private weights etc. ``images`` are the clean inputs in [0, 1]."""
+
+    def initial_delta(self, host, images: torch.Tensor, settings: CloakSettings) -> torch.Tensor | None:
+        """Where the perturbation starts, same shape as ``images`` (the optimiser clips it into the budget), or None:
+        zero (or the ``random_start`` option's uniform draw)."""
+        return None
 
     def loss(self, host, x: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
         """Scalar loss to minimise for the current cloaked images ``x`` in [0, 1] (differentiable in x)."""

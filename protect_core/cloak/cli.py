@@ -159,6 +159,10 @@ def build_settings(args):
         steps=args.steps, optimizer=args.optimizer, perceptual_budget=args.perceptual_budget,
         layers=read_layers(args.layers) if args.layers else None)
     validate_settings(settings.resolved(method))
+    try:
+        method.check_settings(settings.resolved(method))
+    except ValueError as e:
+        raise StyleCloakError(str(e)) from None
     return method, settings
 
 

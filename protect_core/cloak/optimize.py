@@ -238,7 +238,13 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
             objective_seconds = time.perf_counter() - t_obj
             lo, hi = box_bounds(clean, eps, channel_tied)
             delta = torch.zeros(lo.shape, device=clean.device)
-            if opts.get("random_start"):
+            init = method.initial_delta(host, clean, settings)
+            if init is not None:
+                init = init.detach().to(clean.device, torch.float32)
+                if init.shape[1] != lo.shape[1]:   # channel-tied (greyscale) art: one delta for the channels
+                    init = init.mean(1, keepdim=True)
+                delta = init.expand(lo.shape).clone()
+            elif opts.get("random_start"):
                 delta = (torch.rand(lo.shape, generator=gen) * 2 - 1).to(clean.device) * eps
             delta = torch.maximum(torch.minimum(delta, hi), lo).requires_grad_(True)
             adam = torch.optim.Adam([delta], lr=lr) if settings.optimizer == "adam" else None

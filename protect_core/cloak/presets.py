@@ -11,7 +11,8 @@ default    1 x          1 x            0.07
 high       1.5 x        1.5 x          0.10
 =========  ===========  =============  =========================================================
 
-* eps is capped at 1 ([0, 1] pixel units); steps are rounded and at least 1;
+* eps is capped at 1 ([0, 1] pixel units); steps are rounded and at least 1 (0 stays 0: the one-pass
+  network);
 * the step size stays the method's documented one; a method without one gets ``eps / 10`` of the *scaled* eps;
 * p values are Glaze's published levels (0.05 / 0.07 / 0.1). Methods whose defaults have no perceptual budget stay
   L-inf only, unless the user passes ``perceptual_budget`` explicitly.
@@ -63,7 +64,8 @@ def settings_for(method: CloakMethod, intensity: str = "default", base: CloakSet
     if s.eps is None and d.get("eps") is not None:
         s.eps = min(1.0, float(d["eps"]) * preset.eps_scale)
     if s.steps is None and d.get("steps") is not None:
-        s.steps = max(1, int(round(int(d["steps"]) * preset.steps_scale)))
+        # a method whose default is 0 steps (the one-pass network) stays at 0 at every intensity
+        s.steps = 0 if int(d["steps"]) == 0 else max(1, int(round(int(d["steps"]) * preset.steps_scale)))
     if s.perceptual_budget is None and d.get("perceptual_budget") is not None:
         s.perceptual_budget = preset.perceptual_budget
     return s.resolved(method)
