@@ -73,9 +73,11 @@ def test_network_any_size_bounded_and_per_image():
 
 def test_training_lowers_the_objective_and_leaves_the_model_unchanged(toy, pool, integrity):
     chk = integrity(toy)
+    rng = torch.get_rng_state()
     ts = TrainSettings(**{**QUICK, "steps": 40, "perceptual_budget": None})
     net, history, _ = train_generator(toy, pool, ts, log_every=8)
     chk.assert_unchanged()
+    assert torch.equal(torch.get_rng_state(), rng), "training moved the caller's global RNG"
     assert history[-1]["loss"] < history[0]["loss"], history
     assert not any(p.requires_grad for p in net.parameters())
 

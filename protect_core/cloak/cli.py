@@ -158,9 +158,10 @@ def build_settings(args):
         step_size=None if args.step_size is None else args.step_size / 255,
         steps=args.steps, optimizer=args.optimizer, perceptual_budget=args.perceptual_budget,
         layers=read_layers(args.layers) if args.layers else None)
-    validate_settings(settings.resolved(method))
+    resolved = settings.resolved(method)
+    validate_settings(resolved)
     try:
-        method.check_settings(settings.resolved(method))
+        method.check_settings(resolved)
     except ValueError as e:
         raise StyleCloakError(str(e)) from None
     return method, settings

@@ -2,7 +2,8 @@
 
 A small fully convolutional U-Net (two stride-2 levels, residual blocks, skip connections, no normalisation, so a
 tile's output does not depend on the rest of the batch): any image size works (inputs are reflect-padded to a
-multiple of 4 and cropped back), and a 512 x 512 image costs a few GFLOPs, well under a second on two CPU cores.
+multiple of 4 and cropped back), and a 512 x 512 image costs a few GFLOPs (see benchmarks/instant_cloak.py for the
+time it takes).
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ class _Res(nn.Module):
 
 class CloakNet(nn.Module):
     """``width`` channels at full resolution, 2x and 2x at the two lower levels; ``depth`` residual blocks at the
-    lowest level. ``forward(x01)`` returns a direction in [-1, 1] per pixel and channel (clipped, straight-through)."""
+    lowest level. ``forward(x01)`` returns ``tanh`` of the output: a direction in [-1, 1] per pixel and channel."""
 
-    def __init__(self, width: int = 16, depth: int = 2):
+    def __init__(self, width: int = 24, depth: int = 3):
         super().__init__()
         if int(width) < 4 or int(depth) < 0:
             raise ValueError(f"CloakNet needs width >= 4 and depth >= 0, got {width}, {depth}")
@@ -51,7 +52,7 @@ class CloakNet(nn.Module):
         if ph or pw:
             mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        x = x.contiguous(memory_format=torch.channels_last)   # ~1.5x faster convolutions on CPU (oneDNN)
+        x = x.contiguous(memory_format=torch.channels_last)   # faster convolutions on CPU (oneDNN)
         s0 = F.silu(self.stem(x))
         s1 = F.silu(self.down1(s0))
         s2 = self.mid(F.silu(self.down2(s1)))

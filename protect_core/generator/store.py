@@ -132,7 +132,7 @@ def find_for_host(host, probe: torch.Tensor | None = None) -> Path:
             read_meta(path)
             with safe_open(str(path), framework="pt") as f:
                 theirs = f.get_tensor("probe")
-        except (StyleCloakError, Exception):  # noqa: BLE001 - an unreadable candidate is not a match
+        except Exception:  # noqa: BLE001 - an unreadable candidate (StyleCloakError included) is not a match
             continue
         if probe_distance(probe, theirs) < PROBE_TOLERANCE:
             return path

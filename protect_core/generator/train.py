@@ -1,10 +1,11 @@
 """Training a one-pass cloak network against a cloak method's own objective (host-agnostic, seeded, resumable).
 
-The default objective is photoguard's (see :mod:`protect_core.generator`). The pool of training art (``(N, 3, H, W)`` in [0, 1], one size) is cut into fixed batches; the objective method is
-prepared once per batch (glaze's img2img target is made once per image, not once per step), then each step draws
-one batch (a seeded permutation per epoch), perturbs it with ``eps * net(x)`` (clipped to the [0, 1] box), passes
-it through a random robust transform when ``robust`` is set, and takes one Adam step on the network's weights to
-minimise the method's loss plus the optimiser's perceptual hinge. Only the network learns: the model is borrowed
+The default objective is photoguard's (see :mod:`protect_core.generator`). The pool of training art
+(``(N, 3, H, W)`` in [0, 1], one size) is cut into fixed batches; the objective method is prepared once per batch
+(glaze's img2img target is made once per image, not once per step), then each step draws one batch (a seeded
+permutation per epoch), perturbs it with ``eps * net(x)`` (clipped to the [0, 1] box), passes it through a random
+robust transform when ``robust`` is set, and takes one Adam step on the network's weights to minimise the method's
+loss (plus the optimiser's perceptual hinge when ``perceptual_budget`` is set). Only the network learns: the model is borrowed
 (``host.borrowed()``) and comes back unchanged.
 
 Resuming: with ``checkpoint`` set, the weights, Adam's state and the step count are written there (atomically,
@@ -33,7 +34,7 @@ class TrainSettings:
     objective: str = "photoguard"
     eps: float = 16 / 255
     perceptual_budget: float | None = None   # a perceptual hinge during training (None: L-inf only, the default)
-    steps: int = 1000
+    steps: int = 2000
     batch_size: int = 8
     lr: float = 5e-4
     width: int = 24
@@ -89,40 +90,29 @@ def _save_checkpoint(path: Path, net, adam, step: int, key: str, history: list, 
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def _load_history(path: Path, key: str) -> tuple[list, list]:
-    """The loss history and the unfinished log window saved with the checkpoint."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        history, window = json.loads(meta["history"]) if meta.get("key") == key else ([], [])
-        return list(history), list(window)
-    except Exception:  # noqa: BLE001 - no usable checkpoint: no history either
-        return [], []
-
-
-def _load_checkpoint(path: Path, net, adam, key: str) -> int:
-    """The step to resume from (0 when there is no checkpoint for these settings)."""
+def _load_checkpoint(path: Path, net, adam, key: str) -> tuple[int, list, list]:
+    """(the step to resume from, the loss history, the unfinished log window) of the checkpoint into ``net`` and
+    ``adam``; (0, [], []) when there is no usable checkpoint for these settings."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     if not path.is_file():
-        return 0
+        return 0, [], []
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("key") != key:
-            return 0
+            return 0, [], []
+        history, window = json.loads(meta["history"])
         tensors = load_file(str(path))
     except Exception:  # noqa: BLE001 - a damaged checkpoint is started over, never half-used
-        return 0
+        return 0, [], []
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     for i, p in enumerate(net.parameters()):
         if f"adam.{i}.step" in tensors:
             adam.state[p] = {"step": tensors[f"adam.{i}.step"].reshape(()).float(),
                              "exp_avg": tensors[f"adam.{i}.exp_avg"], "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"]}
-    return int(meta["step"])
+    return int(meta["step"]), list(history), list(window)
 
 
 def train_generator(host, pool: torch.Tensor, ts: TrainSettings, progress: Progress | None = None,
@@ -135,15 +125,15 @@ def train_generator(host, pool: torch.Tensor, ts: TrainSettings, progress: Progr
         raise StyleCloakError(f"training pool must be (N, 3, H, W) images, got {tuple(pool.shape)}")
     progress = progress or Progress()
     t0 = time.perf_counter()
-    torch.manual_seed(ts.seed)   # the network's initial weights (the global RNG, set here, used only here)
-    net = CloakNet(ts.width, ts.depth).to(host.device)
+    with torch.random.fork_rng(devices=[]):   # seeded initial weights; the caller's global RNG is left as it was
+        torch.manual_seed(ts.seed)
+        net = CloakNet(ts.width, ts.depth).to(host.device)
     adam = torch.optim.Adam(net.parameters(), lr=ts.lr)
     key = json.dumps({**asdict(ts), "pool": [int(len(pool)), float(pool.double().sum())]}, sort_keys=True)
     ckpt = None if checkpoint is None else Path(checkpoint)
-    start = 0 if ckpt is None else _load_checkpoint(ckpt, net, adam, key)
+    start, history, window = (0, [], []) if ckpt is None else _load_checkpoint(ckpt, net, adam, key)
     n_batches = (len(pool) + ts.batch_size - 1) // ts.batch_size
     progress.add_total(n_batches + ts.steps - start)
-    history, window = ([], []) if ckpt is None or not start else _load_history(ckpt, key)
     params = list(net.parameters())
     pool = pool.to(host.device, torch.float32).clamp(0, 1)
     with host.borrowed():

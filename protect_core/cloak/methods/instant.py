@@ -9,7 +9,8 @@ for iterative methods.
 Options:
 
 * ``generator``: a generator file, or ``"auto"`` (default): the first one trained for the loaded model (its probe
-  matches) among the registered worlds' folders and ``STYLECLOAK_GENERATOR_PATH`` (:mod:`protect_core.generator.store`);
+  matches) in ``STYLECLOAK_GENERATOR_PATH``, then in the registered worlds' folders
+  (:mod:`protect_core.generator.store`);
 * ``objective``: the method whose loop refines the network's output when ``steps > 0`` (a warm start; default
   photoguard, the objective the shipped generators were trained against); its own options are its defaults;
 * ``objective_samples`` defaults to 0 here (no before/after objective: evaluating it would cost the objective's
@@ -90,9 +91,10 @@ class Instant(CloakMethod):
 
         choice = settings.options.get("generator", "auto")
         probe = model_probe(host)
-        path = find_for_host(host, probe) if choice in (None, "", "auto") else Path(str(choice))
+        auto = choice in (None, "", "auto")
+        path = find_for_host(host, probe) if auto else Path(str(choice))
         net, theirs, meta = _load(path, host.device)
-        if probe_distance(probe, theirs) >= PROBE_TOLERANCE:
+        if not auto and probe_distance(probe, theirs) >= PROBE_TOLERANCE:   # auto found it by this probe
             raise StyleCloakError(f"generator '{path}' was trained for another model (its probe differs from this "
                                   "model's); train one for this model with `stylecloak train-generator`")
         self.net, self.info = net, {"generator": str(path), "trained_eps_255": round(float(meta["eps"]) * 255, 3),
