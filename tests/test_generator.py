@@ -82,7 +82,8 @@ def test_training_lowers_the_objective_and_leaves_the_model_unchanged(toy, pool,
     assert not any(p.requires_grad for p in net.parameters())
 
 
-def test_interrupted_training_resumes_to_the_same_bytes(toy, pool, tmp_path):
+def test_interrupted_training_resumes_to_the_same_bytes(toy, pool, tmp_path, integrity):
+    chk = integrity(toy)
     ts = TrainSettings(**{**QUICK, "steps": 12})
     ckpt = tmp_path / "g.ckpt"
 
@@ -94,6 +95,7 @@ def test_interrupted_training_resumes_to_the_same_bytes(toy, pool, tmp_path):
 
     with pytest.raises(Cancelled):
         train_generator(toy, pool, ts, stop_at(7), checkpoint=ckpt, checkpoint_every=5)
+    chk.assert_unchanged()   # cancelled mid-training: the model comes back as it was
     assert ckpt.is_file()
     resumed, h1, _ = train_generator(toy, pool, ts, checkpoint=ckpt, checkpoint_every=5)
     whole, h2, _ = train_generator(toy, pool, ts)
@@ -151,8 +153,10 @@ def test_refinement_lowers_the_objective_below_the_one_pass(toy, generator_file,
     assert r.stats["objective_after"] < r.stats["objective_before"]
 
 
-def test_auto_finds_the_generator_of_its_model_only(toy, generator_file, monkeypatch, tiny_host):
+def test_auto_finds_the_generator_of_its_model_only(toy, generator_file, monkeypatch, tiny_host, integrity):
     from protect_core.generator import store
+
+    chk = integrity(tiny_host)
 
     monkeypatch.setenv(store.ENV_PATH, str(generator_file.parent))
     with toy.borrowed():
@@ -162,6 +166,7 @@ def test_auto_finds_the_generator_of_its_model_only(toy, generator_file, monkeyp
     s = settings_for(get_method("instant"), "default", options={"generator": str(generator_file)})
     with pytest.raises(StyleCloakError, match="another model"):
         cloak_images(tiny_host, [torch.rand(3, 32, 32)], s)
+    chk.assert_unchanged()   # refused after the borrow began: the model comes back as it was
 
 
 def test_train_generator_command_end_to_end(tmp_path, capsys):
