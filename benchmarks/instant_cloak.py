@@ -176,8 +176,9 @@ def main(argv=None) -> int:
         speed.append({"what": f"1 x {a.big} px (examples/artwork.png resized)", "instant": i, "glaze": g, "ratio": r})
         print(speed[-1], flush=True)
     rows = objective_table(host, world, a.images, gen) if a.images else []
+    shown = str(Path(gen).resolve().relative_to(ROOT)) if Path(gen).resolve().is_relative_to(ROOT) else gen
     res = {"world": a.world, "threads": a.threads, "machine": f"{platform.machine()}, {torch.get_num_threads()} "
-           "threads (the 2-core development machine unless said otherwise)", "generator": gen,
+           "threads (the 2-core development machine unless said otherwise)", "generator": shown,
            "speed": speed, "objective": rows}
     text = markdown(res)
     print(text)

@@ -54,6 +54,53 @@ def test_finalize_enforces_the_perceptual_budget_exactly(rng_images):
     assert torch.equal(torch.round(out * 255) / 255, out)
 
 
+
+def _counting(monkeypatch, module):
+    """Count the perceptual evaluations ``module`` makes (the real measure still runs)."""
+    calls = []
+    real = module.perceptual_distance
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, "perceptual_distance", counted)
+    return calls
+
+
+def test_finalize_search_lands_just_below_the_budget_in_few_evaluations(monkeypatch, rng_images):
+    from protect_core.cloak import optimize as opt
+
+    g = torch.Generator().manual_seed(3)
+    clean = rng_images(3, 48, 48, seed=4)
+    delta = (torch.rand(clean.shape, generator=g) * 2 - 1) * (12 / 255)
+    full = perceptual_distance(quantize_within(clean + delta, clean, 12 / 255), clean, "dssim")
+    for share in (0.1, 0.4, 0.8):
+        budget = share * float(full.min())
+        calls = _counting(monkeypatch, opt)
+        out, dist = finalize(clean, delta, 12 / 255, budget=budget, kind="dssim")
+        assert (dist <= budget).all() and torch.allclose(dist, perceptual_distance(out, clean, "dssim"))
+        assert (dist >= budget * (1 - 0.005)).all(), "the search stops only just below the budget"
+        assert len(calls) <= 6, f"{len(calls)} evaluations: a plain 10-step bisection needs 12"
+        monkeypatch.undo()
+
+
+def test_runner_does_not_finalise_a_single_piece_twice(monkeypatch, host, rng_images):
+    from protect_core.cloak import optimize as opt, runner
+
+    img = rng_images(1, 32, 32, seed=6)[0]          # one piece, already on the VAE grid: nothing to blend or crop
+    [loose] = cloak_images(host, [img], _pg(steps=2, perceptual_budget=1.0))
+    s = _pg(steps=2, perceptual_budget=0.5 * loose.stats["perceptual"])       # binding: the search must run
+    [ref] = cloak_images(host, [img], s)
+    assert 0.9 * s.perceptual_budget <= ref.stats["perceptual"] <= s.perceptual_budget
+    in_opt, in_runner = _counting(monkeypatch, opt), _counting(monkeypatch, runner)
+    [res] = cloak_images(host, [img], s)
+    assert torch.equal(res.image, ref.image)
+    assert in_runner == [] and len(in_opt) >= 1
+    again, dist = finalize(img[None], (res.image - img)[None], s.eps, s.perceptual_budget, "auto")
+    assert torch.equal(again[0], res.image), "finalising the result again changes nothing"
+    assert abs(res.stats["perceptual"] - float(dist[0])) < 1e-6
+
 # ---- presets and settings ----------------------------------------------------------------------------------------
 def test_presets_scale_defaults_and_overrides_win():
     low, mid, high = (settings_for(PG, i) for i in ("low", "default", "high"))

@@ -3,8 +3,9 @@
 It plans the work (pad each image to the VAE grid with reflection, cut images larger than the tile size into
 overlapping tiles, group equal-size pieces into batches; a ``joint`` method gets each equal-size group whole),
 runs :func:`protect_core.cloak.optimize.optimize` on each batch, blends tile deltas seamlessly
-(:mod:`protect_core.cloak.tiling`), crops back to the original size and re-finalises each image (8-bit levels,
-L-inf and perceptual budgets, see :func:`~protect_core.cloak.optimize.finalize`). Hosts and the CLI call
+(:mod:`protect_core.cloak.tiling`), crops back to the original size and re-finalises each tiled or padded image
+(8-bit levels, L-inf and perceptual budgets, see :func:`~protect_core.cloak.optimize.finalize`; a single unpadded
+piece keeps optimize's own finalisation). Hosts and the CLI call
 :func:`cloak_images`; ``on_result(index, result)`` fires as soon as an image is complete (so the CLI can save it).
 Randomness: each batch is seeded from the run's seed and the identities (``keys``, default the positions) of the
 pieces in it, and the batches are planned over every image, ``skip`` ones included (images whose outputs already
@@ -159,6 +160,7 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     objective_seconds = [0.0] * len(images)
     memories: list[dict] = [{} for _ in images]
     results: list[CloakResult | None] = [None] * len(images)
+    finals: dict[int, tuple] = {}   # single-piece images: optimize's finalised pixels and perceptual distance
     replanned: list[str] = []   # said in the stats of every image completed after a re-planning
     while queue:
         batch = queue.pop(0)
@@ -197,8 +199,11 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             progress.add_total((len(queue) - remaining) * units)
             continue
         info["memory"]["fallbacks"] = replanned + fallbacks
-        for p, c in zip(batch, cloaked.cpu()):
+        for j, (p, c) in enumerate(zip(batch, cloaked.cpu())):
             deltas[p.index][p.box] = c - p.pixels
+            if len(boxes[p.index]) == 1 and padded_sizes[p.index] == tuple(images[p.index].shape[-2:]):
+                # one piece, no padding: optimize's finalised result is this image's, budgets and all
+                finals[p.index] = (c, None if info["perceptual"] is None else info["perceptual"][j])
             seconds[p.index] += info["seconds"] / len(batch)
             objective_seconds[p.index] += info["objective_seconds"] / len(batch)
             memories[p.index] = info["memory"]
@@ -207,12 +212,14 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             pending[p.index] -= 1
             if pending[p.index] == 0 and skip[p.index]:
                 deltas[p.index] = {}
+                finals.pop(p.index, None)
             elif pending[p.index] == 0:
                 i = p.index
                 results[i] = _assemble(images[i], deltas[i], boxes[i], padded_sizes[i], overlaps[i], s,
                                        {"seconds": seconds[i], "objective_before": _mean(before[i]),
                                         "objective_after": _mean(after[i]),
-                                        "objective_seconds": objective_seconds[i], "memory": memories[i]})
+                                        "objective_seconds": objective_seconds[i], "memory": memories[i]},
+                                       finals.pop(i, None))
                 deltas[i] = {}
                 if on_result is not None:
                     on_result(i, results[i])
@@ -239,13 +246,19 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _assemble(clean: torch.Tensor, deltas: dict, boxes: list[Box], padded: tuple[int, int], overlap: int,
-              s: CloakSettings, numbers: dict) -> CloakResult:
-    if len(boxes) == 1:
-        delta = deltas[boxes[0]]
+              s: CloakSettings, numbers: dict, final: tuple | None = None) -> CloakResult:
+    """One image's result: blended tile deltas cropped and finalised again (blending and cropping can move the
+    perceptual distance), or, for an unpadded single piece, ``final``: the pixels and distance optimize's own
+    finalisation already gave (finalising them again would change nothing and pay the perceptual checks twice)."""
+    if final is not None:
+        cloaked, dist = final[0][None], None if final[1] is None else torch.tensor([float(final[1])])
     else:
-        delta = blend([deltas[b] for b in boxes], boxes, padded[0], padded[1], overlap)
-    delta = unpad(delta, clean.shape[-2:])
-    cloaked, dist = finalize(clean[None], delta[None], float(s.eps), s.perceptual_budget, s.perceptual_kind)
+        if len(boxes) == 1:
+            delta = deltas[boxes[0]]
+        else:
+            delta = blend([deltas[b] for b in boxes], boxes, padded[0], padded[1], overlap)
+        delta = unpad(delta, clean.shape[-2:])
+        cloaked, dist = finalize(clean[None], delta[None], float(s.eps), s.perceptual_budget, s.perceptual_kind)
     with torch.no_grad():
         if dist is None:
             dist = perceptual_distance(cloaked, clean[None], s.perceptual_kind)
