@@ -69,3 +69,24 @@ def test_reduced_end_to_end_measurement_leaves_the_model_unchanged(host, integri
         assert 0 <= sc["success"]["rate"] <= 1 and 0 <= sc["second"]["success"]["rate"] <= 1
     v = verdicts({"unseen": ["pastel"], "mimicry": [run]})
     assert {"c", "d", "e"} <= set(v) and all(isinstance(r["classifier"], bool) for r in v.values())
+
+
+def test_a_work_folder_started_from_the_shipped_world_reassembles_it_bit_for_bit(tmp_path):
+    """``train --from``: the shipped weights become the phases' done files, and assembling them again gives the same
+    tensors (so a decoder-only or UNet continuation starts from exactly the shipped copy)."""
+    from safetensors.torch import load_file
+
+    from protect_core.tiny_models import load_tiny_tokenizer
+    from protect_core.worlds.atelier.rework import same_tensors, seed_work
+    from protect_core.worlds.atelier.train import assemble, make_plan
+
+    src = get_world("atelier").asset_dir
+    work = tmp_path / "work"
+    assert sorted(seed_work(src, work, log=lambda m: None)) == ["judge_done.pt", "unet_done.pt", "vae_done.pt"]
+    assert seed_work(src, work, log=lambda m: None) == [], "a folder under way is never overwritten"
+    out = tmp_path / "out"
+    assemble(make_plan(False, []), work, out, load_tiny_tokenizer(), log=lambda m: None)
+    for sub in ("vae", "unet", "text_encoder"):
+        [a], [b] = (sorted((d / sub).glob("*.safetensors")) for d in (src, out))
+        assert same_tensors(load_file(str(a)), load_file(str(b))), sub
+    assert same_tensors(load_file(str(src / "classifier.safetensors")), load_file(str(out / "classifier.safetensors")))

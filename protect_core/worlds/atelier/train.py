@@ -17,6 +17,8 @@ the same arguments; a finished phase is never redone):
 3. ``judge``: the style classifier over all sixteen artists (held-outs and dev included: it is the judge, not the
    model), on fresh augmented clean renders, never on model outputs. Independent of 2: it may run at the same
    time in another process (``--phases judge``).
+``--from WORLD_DIR`` starts the work folder from a finished world's weights (:mod:`.rework`): e.g. ``--phases
+decoder --set decoder_steps=N`` then fine-tunes the shipped copy's decoder alone.
 2b. ``--set unet_init=DIR/unet_done.pt`` continues a finished ``unet`` phase (in a new ``--work`` holding the old
    ``vae_done.pt``, ``latents.pt`` and ``judge_done.pt``) for ``unet_steps`` more steps with a fresh schedule.
 
@@ -363,6 +365,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"plan entries: {', '.join(FULL)}")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--from", dest="start_from", default=None, metavar="WORLD_DIR",
+                    help="start the work folder from a finished world's weights (see rework.py)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -378,6 +382,11 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(msg, flush=True)
+
+    if a.start_from:
+        from .rework import seed_work
+
+        seed_work(Path(a.start_from), work, log)
 
     phases = [p.strip() for p in a.phases.split(",") if p.strip()]
     for p in phases:
