@@ -17,13 +17,12 @@ the same arguments; a finished phase is never redone):
 3. ``judge``: the style classifier over all sixteen artists (held-outs and dev included: it is the judge, not the
    model), on fresh augmented clean renders, never on model outputs. Independent of 2: it may run at the same
    time in another process (``--phases judge``).
-``--from WORLD_DIR`` starts the work folder from a finished world's weights (:mod:`.rework`): e.g. ``--phases
-decoder --set decoder_steps=N`` then fine-tunes the shipped copy's decoder alone.
 2b. ``--set unet_init=DIR/unet_done.pt`` continues a finished ``unet`` phase (in a new ``--work`` holding the old
    ``vae_done.pt``, ``latents.pt`` and ``judge_done.pt``) for ``unet_steps`` more steps with a fresh schedule.
 
 ``--out`` receives a diffusers pipeline folder (safetensors only), ``classifier.safetensors``, ``config.json`` and
-``train_log.json`` once every phase is done.
+``train_log.json`` once every phase is done. ``--from WORLD_DIR`` starts the work folder from a finished world's
+weights (:mod:`.rework`): ``--phases decoder --set decoder_steps=N`` then fine-tunes the shipped copy's decoder alone.
 """
 from __future__ import annotations
 
