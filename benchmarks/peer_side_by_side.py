@@ -129,9 +129,7 @@ def _timed(cmd: list[str], env: dict, cwd: Path, timeout: float, log: Path) -> f
 
 def prepare(world_name: str, images: int, work: Path) -> dict:
     """A diffusers copy of the world's model and PNGs of its held-out art; returns the paths and the size."""
-    import numpy as np
-    from PIL import Image
-
+    from protect_core.images import save_image
     from protect_core.worlds import get_world
 
     world = get_world(world_name)
@@ -143,15 +141,12 @@ def prepare(world_name: str, images: int, work: Path) -> dict:
     data = work / "art"
     data.mkdir()
     for i, img in enumerate(st.render(artist, images, size, seed=123)):
-        arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(arr).save(data / f"{artist}_{i:02d}.png")
+        save_image(data / f"{artist}_{i:02d}.png", img)
     klass = work / "class"   # ASPL's prior-preservation images: renders of the world's trained artists
     klass.mkdir()
     trained = list(getattr(st, "TRAINED", None) or [a for a in st.STYLES if a != artist])
     for i in range(images):
-        img = st.render(trained[i % len(trained)], 1, size, seed=456 + i)[0]
-        arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(arr).save(klass / f"class_{i:02d}.png")
+        save_image(klass / f"class_{i:02d}.png", st.render(trained[i % len(trained)], 1, size, seed=456 + i)[0])
     return {"model": str(model), "data": str(data), "size": size, "artist": artist, "class_data": str(klass),
             "class_images": images}
 

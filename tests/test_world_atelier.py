@@ -77,8 +77,11 @@ def test_a_work_folder_started_from_the_shipped_world_reassembles_it_bit_for_bit
     from safetensors.torch import load_file
 
     from protect_core.tiny_models import load_tiny_tokenizer
-    from protect_core.worlds.atelier.rework import same_tensors, seed_work
+    from protect_core.worlds.atelier.rework import seed_work
     from protect_core.worlds.atelier.train import assemble, make_plan
+
+    def same_tensors(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     src = get_world("atelier").asset_dir
     work = tmp_path / "work"

@@ -160,7 +160,6 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
     objective_seconds = [0.0] * len(images)
     memories: list[dict] = [{} for _ in images]
     results: list[CloakResult | None] = [None] * len(images)
-    finals: dict[int, tuple] = {}   # single-piece images: optimize's finalised pixels and perceptual distance
     replanned: list[str] = []   # said in the stats of every image completed after a re-planning
     while queue:
         batch = queue.pop(0)
@@ -201,9 +200,6 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
         info["memory"]["fallbacks"] = replanned + fallbacks
         for j, (p, c) in enumerate(zip(batch, cloaked.cpu())):
             deltas[p.index][p.box] = c - p.pixels
-            if len(boxes[p.index]) == 1 and padded_sizes[p.index] == tuple(images[p.index].shape[-2:]):
-                # one piece, no padding: optimize's finalised result is this image's, budgets and all
-                finals[p.index] = (c, None if info["perceptual"] is None else info["perceptual"][j])
             seconds[p.index] += info["seconds"] / len(batch)
             objective_seconds[p.index] += info["objective_seconds"] / len(batch)
             memories[p.index] = info["memory"]
@@ -212,14 +208,16 @@ def cloak_images(host, images: Sequence[torch.Tensor], settings: CloakSettings, 
             pending[p.index] -= 1
             if pending[p.index] == 0 and skip[p.index]:
                 deltas[p.index] = {}
-                finals.pop(p.index, None)
             elif pending[p.index] == 0:
                 i = p.index
+                # one piece, no padding: optimize's finalised result is this image's, budgets and all
+                single = len(boxes[i]) == 1 and padded_sizes[i] == tuple(images[i].shape[-2:])
+                final = (c, None if info["perceptual"] is None else info["perceptual"][j]) if single else None
                 results[i] = _assemble(images[i], deltas[i], boxes[i], padded_sizes[i], overlaps[i], s,
                                        {"seconds": seconds[i], "objective_before": _mean(before[i]),
                                         "objective_after": _mean(after[i]),
                                         "objective_seconds": objective_seconds[i], "memory": memories[i]},
-                                       finals.pop(i, None))
+                                       final)
                 deltas[i] = {}
                 if on_result is not None:
                     on_result(i, results[i])

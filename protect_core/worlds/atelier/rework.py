@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from . import configs
 
 
@@ -69,7 +67,3 @@ def seed_work(world_dir: Path, work: Path, log=print) -> list[str]:
     log(f"work folder {work}: {', '.join(written) or 'nothing'} written from {world_dir}")
     return written
 
-
-def same_tensors(a: dict, b: dict) -> bool:
-    """True when two state dicts hold the same keys and bit-identical tensors (used by the tests)."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
