@@ -1,4 +1,5 @@
-"""The UNet-loss cloak methods (styleprotect, caat, mist, mist2, aspl, fsmg) through the shared optimiser.
+"""The UNet-loss cloak methods (styleprotect, caat, mist, mist2, aspl, fsmg, metacloak, styleguard) through the
+shared optimiser.
 
 The hosts here are the tiny models with their VAE scaling factor calibrated to unit latent spread (SD's own recipe:
 scaling = 1 / std of the latents). With the raw random tiny VAE the latents have std ~0.04, so the UNet barely sees
@@ -21,8 +22,8 @@ from protect_core.cloak.surrogate import STYLEPROTECT_SD15_LAYERS, choose_style_
 from protect_core.errors import Cancelled
 from protect_core.progress import CancelToken, Progress
 
-METHODS = ["styleprotect", "caat", "mist", "mist2", "aspl", "fsmg"]
-TRAINED = ["styleprotect", "caat", "mist2", "aspl", "fsmg"]
+METHODS = ["styleprotect", "caat", "mist", "mist2", "aspl", "fsmg", "metacloak", "styleguard"]
+TRAINED = ["styleprotect", "caat", "mist2", "aspl", "fsmg", "metacloak"]
 # test-sized options: larger learning rates than the papers' so a handful of steps visibly moves the surrogates,
 # short rounds so several surrogate rounds happen within 4 image steps, 4 draws per step for a steadier gradient
 FAST = {
@@ -32,6 +33,8 @@ FAST = {
     "mist2": {"lora_steps": 2, "pgd_steps": 2, "lora_lr": 1e-2},
     "aspl": {"lr": 1e-3, "train_steps": 1, "pgd_steps": 2},
     "fsmg": {"lr": 1e-3, "surrogate_steps": 3},
+    "metacloak": {"lr": 1e-3, "pool": 2, "stagger": 2, "max_age": 100},
+    "styleguard": {"purifiers": "identity", "posterior": "mean"},   # its ensemble: tests of its own below
 }
 
 
@@ -265,6 +268,12 @@ def test_target_pattern_is_seeded_high_contrast():
     ("caat", {"lr": 0}, "learning rate"),
     ("fsmg", {"t_range": (10, 5)}, "t_range"),
     ("styleprotect", {"samples": 0}, "samples"),
+    ("metacloak", {"transforms": "identity,sharpen"}, "transforms"),
+    ("metacloak", {"pool": 0}, "pool"),
+    ("styleguard", {"purifiers": "jpeg,gridpure"}, "purifiers"),
+    ("styleguard", {"posterior": "mode"}, "posterior"),
+    ("aspl", {"posterior": "median"}, "posterior"),
+    ("styleguard", {"style_weight": float("nan")}, "style_weight"),
 ])
 def test_options_are_validated(name, options, match, host, rng_images, integrity):
     chk = integrity(host)
@@ -289,3 +298,101 @@ def test_works_on_v_prediction_and_xl(name, flavour, rng_images, integrity):
 
 
 _FLAVOURS: dict = {}
+
+
+# ---- metacloak and styleguard specifics ---------------------------------------------------------------------------
+def test_metacloak_pool_is_staggered_and_surrogates_reset(host, rng_images, integrity):
+    chk = integrity(host)
+    method = get_method("metacloak")
+    s = _settings("metacloak", steps=6, options={"pool": 3, "stagger": 2, "max_age": 5, "samples": 1,
+                                                  "objective_samples": 1})
+    seen = []
+    real = method.setup
+
+    def spy(h, images, settings, g):
+        real(h, images, settings, g)
+        seen.append([dict(t.adapter.state_dict()) for t in method.pool])
+
+    method.setup = spy
+    optimize(host, method, rng_images(1, 32, 32, seed=8), s)
+    chk.assert_unchanged()
+    start = seen[0]
+    with host.borrowed():
+        host_w = {n: host.unet_weight(n) for n in start[0]}
+    assert all(torch.equal(start[0][n], host_w[n]) for n in host_w), "copy 0 starts as the host's model"
+    assert all(any(not torch.equal(start[k][n], host_w[n]) for n in host_w) for k in (1, 2)), "copies 1, 2 trained"
+    # ages start at 0, 2, 4 with max_age 5: 6 unrolled steps must reset at least one copy to the host's weights
+    assert method.info["resets"] >= 1 and method.info["pool"] == 3
+    assert max(method.ages) < 5
+
+
+@pytest.mark.parametrize("name", ["identity", "jpeg", "resize", "blur", "noise", "diffpure", "noisy_upscale"])
+def test_purifier_stand_ins_are_differentiable_and_seeded(name, host, rng_images):
+    from protect_core.cloak.purifier_ensemble import purified_latents
+
+    x = rng_images(2, 32, 32, seed=9).requires_grad_(True)
+    with host.borrowed():
+        z = purified_latents(host, x, name, torch.Generator().manual_seed(1))
+        again = purified_latents(host, x.detach(), name, torch.Generator().manual_seed(1))
+        clean = latents_of(host, x.detach())
+        z.pow(2).sum().backward()
+    assert z.shape == clean.shape and torch.equal(z.detach(), again)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, "no gradient reaches the image"
+
+
+def test_styleguard_lowers_its_loss_measured_after_the_purifier_it_trains_through(host, rng_images, integrity):
+    from protect_core.cloak.methods.styleguard import style_term
+    from protect_core.cloak.purifier_ensemble import purified_latents
+
+    chk = integrity(host)
+    x = rng_images(1, 32, 32, seed=10)
+    method = get_method("styleguard")
+    s = _settings("styleguard", steps=6, options={"purifiers": "diffpure", "style_weight": 1.0,
+                                                  "semantic_weight": 0.0, "posterior": "mean"})
+    out, info = optimize(host, method, x, s)
+    chk.assert_unchanged()
+    assert method.info["drawn"] == {"diffpure": 6}
+
+    def measured(img):   # the style term after the one-step DiffPure stand-in, fixed draws
+        with host.borrowed(), torch.no_grad():
+            z = purified_latents(host, img, "diffpure", torch.Generator().manual_seed(5), sample=False)
+            return float(style_term(z, method.clean_stats, method.target_stats))
+
+    assert measured(out) > measured(x)
+    assert (out - x).abs().max() <= s.eps + 1e-6
+
+
+@pytest.mark.parametrize("name", ["aspl", "mist", "caat"])
+def test_posterior_draws_option(name, host, rng_images, integrity):
+    """``posterior=sample`` attacks seeded posterior draws: a run differs from the mean's, repeats byte for byte,
+    still ascends within budget; with ``subset=unet`` ASPL's surrogate covers every UNet weight."""
+    chk = integrity(host)
+    x = rng_images(1, 32, 32, seed=11)
+    extra = {"subset": "unet"} if name == "aspl" else {}
+    mean, _ = optimize(host, get_method(name), x, _settings(name, steps=3))
+    s = _settings(name, steps=3, options={"posterior": "sample", **extra})
+    method = get_method(name)
+    drawn, info = optimize(host, method, x, s)
+    again, _ = optimize(host, get_method(name), x, s)
+    chk.assert_unchanged()
+    assert torch.equal(drawn, again) and not torch.equal(drawn, mean)
+    assert method.info["posterior"] == "sample" and (drawn - x).abs().max() <= s.eps + 1e-6
+    if name == "aspl":
+        with host.borrowed():
+            assert set(method.surrogate_overrides()) == set(host.unet_parameter_names())
+
+
+def test_latent_draws_sample_each_copy(host, rng_images):
+    from protect_core.cloak.surrogate import latent_draws
+
+    x = rng_images(2, 32, 32, seed=12)
+    with host.borrowed(), torch.no_grad():
+        mean = latent_draws(host, x, 3)
+        draws = latent_draws(host, x, 3, True, torch.Generator().manual_seed(0))
+    assert mean.shape == draws.shape == (6, *latents_of_shape(host, x))
+    assert torch.equal(mean[:2], mean[2:4]) and not torch.equal(draws[:2], draws[2:4])
+
+
+def latents_of_shape(host, x):
+    with host.borrowed(), torch.no_grad():
+        return tuple(latents_of(host, x).shape[1:])

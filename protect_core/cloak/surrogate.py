@@ -77,21 +77,46 @@ def kv_targets(host, layers: Sequence[str] | None) -> list[str]:
 
 
 def attention_subset(host, which: str) -> list[str]:
-    """Surrogate subsets for ASPL/FSMG: ``attention`` (q/k/v/out of attn1 and attn2), ``cross`` (attn2 only),
-    ``kv`` (attn2 to_k/to_v only)."""
+    """Surrogate subsets for ASPL/FSMG/MetaCloak: ``attention`` (q/k/v/out of attn1 and attn2), ``cross`` (attn2
+    only), ``kv`` (attn2 to_k/to_v only), ``unet`` (every UNet weight, as Anti-DreamBooth's code trains)."""
     if which == "attention":
         return attention_targets(host, None, self_attention=True)
     if which == "cross":
         return attention_targets(host, None)
     if which == "kv":
         return kv_targets(host, None)
-    raise ValueError(f"surrogate subset must be 'attention', 'cross' or 'kv', got {which!r}")
+    if which == "unet":
+        return list(host.unet_parameter_names())
+    raise ValueError(f"surrogate subset must be 'attention', 'cross', 'kv' or 'unet', got {which!r}")
 
 
 # ---- losses -------------------------------------------------------------------------------------------------------
 def latents_of(host, x01: torch.Tensor) -> torch.Tensor:
     """Scaled VAE latents (posterior mean) of images in [0, 1]; differentiable."""
     return host.encode(x01 * 2 - 1)
+
+
+POSTERIORS = ("mean", "sample")
+
+
+def latent_draws(host, x01: torch.Tensor, samples: int = 1, sample: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``samples`` copies of the batch's scaled latents: the posterior mean (``sample`` False), or each copy its own
+    seeded draw from the VAE posterior (as most peers' code, ``latent_dist.sample()``); differentiable."""
+    if not sample:
+        return repeat_draws(latents_of(host, x01), samples)
+    mean, logvar = host.posterior(x01 * 2 - 1)
+    mean, logvar = repeat_draws(mean, samples), repeat_draws(logvar, samples)
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+    return (mean + torch.exp(0.5 * logvar) * noise - host.latent_shift) * host.latent_scale
+
+
+def posterior_option(opts: dict, default: str = "mean") -> bool:
+    """The shared ``posterior`` option ("mean" or "sample"), validated; True = draw from the posterior."""
+    v = opts.get("posterior", default)
+    if v not in POSTERIORS:
+        raise ValueError(f"option posterior must be one of {', '.join(POSTERIORS)}, got {v!r}")
+    return v == "sample"
 
 
 def detached(overrides: dict | None) -> dict | None:
@@ -199,7 +224,8 @@ class SurrogateAttack(CloakMethod):
     Options shared by every such method: ``samples`` (Monte-Carlo draws of (t, noise) per image per image step,
     default 1 as in the papers; more draws give a less noisy gradient at proportional cost), ``objective_samples``
     (draws for the reported objective, default :data:`~.optimize.OBJECTIVE_SAMPLES`; 0 = not reported),
-    ``t_range`` (timestep range, default the whole schedule).
+    ``t_range`` (timestep range, default the whole schedule), ``posterior`` ("mean": the attack sees the VAE
+    posterior mean; "sample": a seeded draw per row, as most peers' code; see :func:`latent_draws`).
     ``info`` (a dict on the method) records what was used: layers, trained weights, rounds ...
     """
 
@@ -216,7 +242,8 @@ class SurrogateAttack(CloakMethod):
             raise ValueError(f"t_range must satisfy 0 <= lo < hi <= {host.num_train_timesteps}, got {t_range!r}")
         self.samples = option_int(self.opts, "samples", 1, default=1)
         self.objective_samples = option_int(self.opts, "objective_samples", 0, default=OBJECTIVE_SAMPLES)
-        self.info = {"method": self.name}
+        self.posterior_sample = posterior_option(self.opts)
+        self.info = {"method": self.name, "posterior": "sample" if self.posterior_sample else "mean"}
         self.setup(host, images, settings, generator)
 
     def setup(self, host, images, settings, generator) -> None:
@@ -233,7 +260,7 @@ class SurrogateAttack(CloakMethod):
         return detached(self.attack_overrides())
 
     def attack_loss(self, host, x, generator, overrides, samples: int = 1) -> torch.Tensor:
-        z = repeat_draws(latents_of(host, x), samples)
+        z = latent_draws(host, x, samples, self.posterior_sample, generator)
         return -denoising_loss(host, z, self.cond, generator, self.t_range, overrides)
 
     def loss(self, host, x, step, generator):

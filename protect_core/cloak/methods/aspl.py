@@ -9,12 +9,14 @@ Round structure (one round = ``pgd_steps`` image steps), with private float32 co
 
 ``f`` starts as the host's weights; steps 1 happens in ``prepare`` for the first round and in ``after_step`` for the
 next ones (after step 3). Anti-DreamBooth fine-tunes the whole UNet (and text encoder); we fine-tune option
-``subset``: "attention" (default: q/k/v/out of every attn1 and attn2, ~10% of an SD1.5 UNet), "cross" or "kv".
+``subset``: "attention" (default: q/k/v/out of every attn1 and attn2, ~10% of an SD1.5 UNet), "cross", "kv" or
+"unet" (every UNet weight, as their code; the text encoder is the host's and is never trained here).
 A fresh Adam per fine-tune call, as in their code.
 
 Defaults (paper/code, converted from [-1, 1] to [0, 1]): eps 0.05 -> 0.025 (6.4/255), step 5e-3 -> 2.5e-3,
 50 rounds x (3 train + 6 PGD) = 300 steps; options ``lr`` 5e-6, ``train_steps`` 3, ``pgd_steps`` 6,
-``train_batch`` 4, ``subset``, ``t_range``. ``objective`` is measured under the host's own weights (``f``'s start).
+``train_batch`` 4, ``subset``, ``t_range``, ``posterior`` "mean" (their code attacks posterior draws: "sample";
+``benchmarks/protection.py`` compares both). ``objective`` is measured under the host's own weights (``f``'s start).
 Cost: the heaviest here: per round 6 image steps + 6 fine-tune steps, two private copies of the subset plus Adam
 state (for "attention" on SD1.5 about 5 x 0.36 GB in float32).
 """
@@ -34,7 +36,7 @@ class ASPL(SurrogateAttack):
     source = "Van Le et al., Anti-DreamBooth (ASPL), ICCV 2023"
     defaults = {"eps": 0.025, "steps": 300, "step_size": 2.5e-3, "optimizer": "pgd",
                 "options": {"lr": 5e-6, "train_steps": 3, "pgd_steps": 6, "train_batch": 4, "subset": "attention",
-                            "t_range": None}}
+                            "t_range": None, "posterior": "mean"}}
     joint = True
 
     def prepare_steps(self, settings) -> int:

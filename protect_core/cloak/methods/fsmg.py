@@ -1,7 +1,7 @@
 """Anti-DreamBooth FSMG (Van Le et al., "Anti-DreamBooth", ICCV 2023): Fully-trained Surrogate Model Guidance.
 
 ``prepare`` fine-tunes private float32 copies of a UNet subset (option ``subset``: "attention" default, "cross",
-"kv") on the CLEAN images for ``surrogate_steps`` steps (Adam, ``lr``, the DreamBooth loss with
+"kv", "unet") on the CLEAN images for ``surrogate_steps`` steps (Adam, ``lr``, the DreamBooth loss with
 ``settings.prompt``); the surrogate then stays fixed and every image step PGD-ascends the fine-tuning loss of the
 cloaked images under it. ``objective`` is measured under that fixed surrogate.
 
@@ -25,7 +25,7 @@ class FSMG(SurrogateAttack):
     source = "Van Le et al., Anti-DreamBooth (FSMG), ICCV 2023"
     defaults = {"eps": 0.025, "steps": 100, "step_size": 2.5e-3, "optimizer": "pgd",
                 "options": {"lr": 5e-6, "surrogate_steps": 100, "train_batch": 4, "subset": "attention",
-                            "t_range": None}}
+                            "t_range": None, "posterior": "mean"}}
     joint = True
 
     def prepare_steps(self, settings) -> int:

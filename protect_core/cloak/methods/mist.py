@@ -14,7 +14,8 @@ loss by ``rate`` = 1e4; at its 512 px size (16384 latent values) that equals per
 hence our defaults ``textural_weight`` 1.0, ``semantic_weight`` 0.6 (means, so the balance does not depend on size).
 
 Defaults from Mist's code: eps 16/255, step 1/255, 100 steps, PGD; options ``pattern_seed`` 0 (the same target for
-every image of a set), ``samples``, ``objective_samples``, ``t_range`` (see
+every image of a set), ``samples``, ``objective_samples``, ``t_range``, ``posterior`` "mean" (Mist's code draws from
+the posterior: "sample") (see
 :class:`~protect_core.cloak.surrogate.SurrogateAttack`). No surrogate is trained, so the method is not joint. Cost: one VAE-encoder and
 one UNet forward+backward per step (the semantic term); "textural" mode is encoder-only.
 """
@@ -24,7 +25,7 @@ import torch
 
 from ...diffusion import denoising_loss
 from ..base import register
-from ..surrogate import SurrogateAttack, latents_of, repeat_draws, target_pattern
+from ..surrogate import SurrogateAttack, latent_draws, latents_of, repeat_draws, target_pattern
 
 MODES = ("fused", "textural", "semantic")
 
@@ -36,7 +37,7 @@ class Mist(SurrogateAttack):
     source = "Liang et al., Mist / AdvDM, ICML 2023"
     defaults = {"eps": 16 / 255, "steps": 100, "step_size": 1 / 255, "optimizer": "pgd",
                 "options": {"mode": "fused", "textural_weight": 1.0, "semantic_weight": 0.6, "pattern_seed": 0,
-                            "t_range": None}}
+                            "t_range": None, "posterior": "mean"}}
 
     def setup(self, host, images, settings, generator):
         self.mode = self.opts["mode"]
@@ -49,7 +50,7 @@ class Mist(SurrogateAttack):
         self.info.update(mode=self.mode, textural_weight=self.w_tex, semantic_weight=self.w_sem)
 
     def attack_loss(self, host, x, generator, overrides, samples=1):
-        z = latents_of(host, x)
+        z = latent_draws(host, x, 1, self.posterior_sample, generator)
         loss = 0.0
         if self.mode in ("fused", "textural"):
             loss = loss + (1.0 if self.mode == "textural" else self.w_tex) * (z - self.target).pow(2).mean()
