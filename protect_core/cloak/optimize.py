@@ -36,12 +36,14 @@ from ..metrics import perceptual_distance
 from ..progress import Progress
 from .base import CloakMethod, CloakSettings
 from .robust import random_transform
+from .shaping import check_shaping, eps_map
 
 OPTIMIZERS = ("pgd", "adam")
 #: default draws of the reported objective (UNet-loss methods; paired: before and after share the draws)
 OBJECTIVE_SAMPLES = 2
 #: options the optimiser itself reads, valid for every method
-OPTIMIZER_OPTIONS = ("objective_samples", "perceptual_weight", "random_start", "robust_transforms")
+OPTIMIZER_OPTIONS = ("objective_samples", "perceptual_weight", "random_start", "robust_transforms", "shaping",
+                     "shaping_floor")
 _TOL = 5e-7  # float32 slack when comparing |cloaked - clean| with eps (the promise is eps + 1e-6)
 
 
@@ -59,6 +61,7 @@ def validate_settings(s: CloakSettings) -> None:
         raise ValueError(f"perceptual_budget must be > 0 (e.g. 0.05) or None, got {s.perceptual_budget!r}")
     if int(s.robust_samples) < 1:
         raise ValueError(f"robust_samples must be >= 1, got {s.robust_samples!r}")
+    check_shaping(s.options)
 
 
 def box_bounds(clean: torch.Tensor, eps: float, channel_tied: bool = False):
@@ -226,7 +229,8 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
     raises ``Cancelled`` within one unit of work.
     Options read from ``settings.options``: ``perceptual_weight`` (hinge weight, default 10, in units of the current
     loss's magnitude per relative excess over the budget), ``random_start`` (uniform start in the budget, default False),
-    ``robust_transforms`` (subset of robust.TRANSFORMS), ``objective_samples`` (see the module doc).
+    ``robust_transforms`` (subset of robust.TRANSFORMS), ``objective_samples`` (see the module doc), ``shaping``
+    ("none" or "texture": a per-pixel budget <= eps, :mod:`protect_core.cloak.shaping`) and ``shaping_floor``.
     ``memory``: a memory mode (:mod:`protect_core.memory`: "auto", "fast", "balanced", "low" or a MemoryMode);
     None = "fast" (the host as it is). ``info["memory"]`` says what took effect. Out-of-memory errors propagate
     (the runner falls back to a lower mode).
@@ -259,7 +263,9 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
             t_obj = time.perf_counter()
             before = _objective(method, host, clean, int(settings.seed), settings)
             objective_seconds = time.perf_counter() - t_obj
-            lo, hi = box_bounds(clean, eps, channel_tied)
+            box = eps_map(clean, eps, opts)     # eps, or a per-pixel map <= eps (option shaping)
+            lo, hi = box_bounds(clean, box, channel_tied)
+            pace = None if isinstance(box, float) else box / eps   # PGD steps scaled with the pixel's box
             delta = torch.zeros(lo.shape, device=clean.device)
             init = method.initial_delta(host, clean, settings)
             if init is not None:
@@ -268,7 +274,7 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
                     init = init.mean(1, keepdim=True)
                 delta = init.expand(lo.shape).clone()
             elif opts.get("random_start"):
-                delta = (torch.rand(lo.shape, generator=gen) * 2 - 1).to(clean.device) * eps
+                delta = (torch.rand(lo.shape, generator=gen) * 2 - 1).to(clean.device) * box
             delta = torch.maximum(torch.minimum(delta, hi), lo).requires_grad_(True)
             adam = torch.optim.Adam([delta], lr=lr) if settings.optimizer == "adam" else None
             weight = float(opts.get("perceptual_weight", 10.0)) if budget is not None else 0.0
@@ -288,7 +294,7 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
                         adam.step()
                         delta.grad = None
                     else:
-                        delta -= lr * grad.sign()
+                        delta -= lr * grad.sign() if pace is None else lr * grad.sign() * pace
                     delta.copy_(torch.maximum(torch.minimum(delta, hi), lo))
                 losses.append(loss)
                 progress.step(loss=losses[-1])
@@ -296,7 +302,7 @@ def optimize(host, method: CloakMethod, images01: torch.Tensor, settings: CloakS
         finally:
             method.work_progress = None
         progress.catch_up(start + units)   # a method that reported fewer units than it announced
-        cloaked, dist = finalize(clean, delta.detach().expand_as(clean), eps, budget, kind)
+        cloaked, dist = finalize(clean, delta.detach().expand_as(clean), box, budget, kind)
         t_obj = time.perf_counter()
         after = _objective(method, host, cloaked, int(settings.seed), settings)
         objective_seconds += time.perf_counter() - t_obj
