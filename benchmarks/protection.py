@@ -58,10 +58,15 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
     from protect_core.toy.efficacy import parse_steps
-    from protect_core.toy.protection import markdown, run_protection
+    from protect_core.toy.protection import check_methods, markdown, run_protection
     from protect_core.worlds import get_world
     from protect_core.worlds.judges import world_judges
 
+    try:
+        check_methods(_names(a.methods))
+    except ValueError as e:
+        print(f"protection: {e}", file=sys.stderr)
+        return 2
     world = get_world(a.world).at(a.path)
     if not world.available():
         print(f"no trained {a.world} model found (see README, Measurement worlds)", file=sys.stderr)

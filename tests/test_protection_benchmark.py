@@ -65,16 +65,20 @@ def test_reduced_run_end_to_end_and_merge(tmp_path, integrity, capsys):
     host = world.build_host()
     chk = integrity(host)
     judges = world_judges(world, host)
-    run = prot.run_protection(host, judges, world, "blobs", ["styleguard"], 16.0, purifiers=["jpeg75", "diffpure"],
+    run = prot.run_protection(host, judges, world, "blobs", ["styleguard", "mist:shaping=texture"], 16.0,
+                              purifiers=["jpeg75", "diffpure"],
                               images=2, samples=4, steps={"cloak": 2, "lora": 3, "sample": 2}, log=lambda _: None)
     chk.assert_unchanged()
     json.dumps(run)
-    assert set(run["scores"]["lora"]) == {"__base__", "clean", "noise@16", "styleguard@16",
-                                          *(f"{n}|{p}" for n in ("clean", "noise@16", "styleguard@16")
-                                            for p in ("jpeg75", "diffpure"))}
+    names = ("clean", "noise@16", "styleguard@16", "mist:shaping=texture@16")
+    assert set(run["scores"]["lora"]) == {"__base__", *names, *(f"{n}|{p}" for n in names
+                                                                for p in ("jpeg75", "diffpure"))}
+    assert run["sets"]["mist:shaping=texture@16"]["options"] == {"shaping": "texture"}
     assert run["sets"]["styleguard@16"]["linf_255"] <= 16 + 1e-6 and run["sets"]["noise@16"]["dssim"] > 0
     args = ["--methods", "mist", "--purifiers", "jpeg75", "--images", "2", "--samples", "4", "--threads", "1",
             "--steps", "cloak=2,lora=3,sample=2", "--out", str(tmp_path), "--stem", "p"]
+    assert bench.main(["--methods", "mist,nosuch:x=1", "--out", str(tmp_path)]) == 2
+    assert "unknown method 'nosuch'" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert bench.main(args) == 0
     assert bench.main(args[:-1] + ["q", "--seeds", "1", "--merge", str(tmp_path / "p.json")]) == 0
     merged = json.loads((tmp_path / "q.json").read_text())

@@ -47,6 +47,17 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, opts
 
 
+def check_methods(specs: list[str]) -> None:
+    """One-line ValueError for an unknown method or a malformed option in any spec (before any model work)."""
+    from ..cloak.base import available_methods
+
+    known = available_methods()
+    for spec in specs:
+        name, _ = parse_method(spec)
+        if name not in known:
+            raise ValueError(f"unknown method {name!r} in {spec!r}; choose from {', '.join(known)}")
+
+
 def protection_settings(spec: str, budget_255: float | None, intensity: str, robust: bool, seed: int,
                         steps: int | None):
     """The cloak settings of method ``spec`` (see :func:`parse_method`) in this benchmark (module doc)."""
@@ -109,7 +120,9 @@ def run_protection(host, judges, world, artist: str, methods: list[str], budget_
     from ..worlds.fidelity import attacker_config
     from .efficacy import mimic_all, purify_sets
 
-    cfg = attacker_config(world, methods, finetunes, images, samples, seed, steps, purifiers)
+    check_methods(methods)
+    cfg = attacker_config(world, sorted({parse_method(m)[0] for m in methods}), finetunes, images, samples, seed,
+                          steps, purifiers)
     size = int(world.config()["size"])
     clean = world.styles().render(artist, images, size, seed=seed)
     t0 = time.perf_counter()
