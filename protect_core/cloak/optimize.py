@@ -64,8 +64,9 @@ def validate_settings(s: CloakSettings) -> None:
     check_shaping(s.options)
 
 
-def box_bounds(clean: torch.Tensor, eps: float, channel_tied: bool = False):
-    """Per-pixel (lo, hi) for delta: |delta| <= eps and clean + delta in [0, 1] (shared bounds when tied)."""
+def box_bounds(clean: torch.Tensor, eps, channel_tied: bool = False):
+    """Per-pixel (lo, hi) for delta: |delta| <= eps and clean + delta in [0, 1] (shared bounds when tied); ``eps``
+    is a number or a per-pixel map broadcastable to ``clean`` (option shaping)."""
     lo = torch.clamp(-clean, min=-eps)
     hi = torch.clamp(1 - clean, max=eps)
     if channel_tied:

@@ -24,15 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import add_noise, eps_from_output, x0_from_eps
-from .robust import TRANSFORMS
+from .robust import TRANSFORMS, uniform
 
 DIFFPURE_T = (60, 140)          # of a 1000-step schedule
 NOISY_SIGMA = (0.05, 0.1)       # Hönig et al.: sigma 0.05-0.1
 NOISY_T = 200                   # the noisy_upscale purifier's default strength 0.2
-
-
-def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator))
 
 
 def encode(host, x01: torch.Tensor, generator: torch.Generator, sample: bool) -> torch.Tensor:
@@ -62,13 +58,13 @@ def _identity(host, x, generator, sample):
 
 
 def _diffpure(host, x, generator, sample):
-    t = int(round(_uniform(generator, *DIFFPURE_T)))
+    t = int(round(uniform(generator, *DIFFPURE_T)))
     return one_step_denoise(host, encode(host, x, generator, sample), t, generator)
 
 
 def _noisy_upscale(host, x, generator, sample):
     h, w = x.shape[-2:]
-    sigma = _uniform(generator, *NOISY_SIGMA)
+    sigma = uniform(generator, *NOISY_SIGMA)
     noisy = x + sigma * torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
     up = F.interpolate(noisy, size=(2 * h, 2 * w), mode="bicubic", align_corners=False).clamp(0, 1)
     z = one_step_denoise(host, encode(host, up, generator, sample), NOISY_T, generator)

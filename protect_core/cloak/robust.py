@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
+def uniform(generator: torch.Generator, lo: float, hi: float) -> float:
+    """A seeded uniform draw in [lo, hi) (the transforms' and the purifier stand-ins' parameters)."""
     return lo + (hi - lo) * float(torch.rand((), generator=generator))
 
 
@@ -40,13 +41,13 @@ def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def jpeg(x: torch.Tensor, generator: torch.Generator, quality: tuple[int, int] = (60, 90)) -> torch.Tensor:
-    q = int(round(_uniform(generator, *quality)))
+    q = int(round(uniform(generator, *quality)))
     return x + (jpeg_roundtrip(x, q) - x).detach()
 
 
 def resize(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.5, 0.9)) -> torch.Tensor:
     h, w = x.shape[-2:]
-    s = _uniform(generator, *scale)
+    s = uniform(generator, *scale)
     small = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
                           align_corners=False, antialias=True)
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
@@ -66,11 +67,11 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def blur(x: torch.Tensor, generator: torch.Generator, sigma: tuple[float, float] = (0.5, 1.5)) -> torch.Tensor:
-    return gaussian_blur(x, _uniform(generator, *sigma))
+    return gaussian_blur(x, uniform(generator, *sigma))
 
 
 def noise(x: torch.Tensor, generator: torch.Generator, sigma: tuple[float, float] = (1 / 255, 10 / 255)):
-    s = _uniform(generator, *sigma)
+    s = uniform(generator, *sigma)
     n = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
     return (x + s * n).clamp(0, 1)
 

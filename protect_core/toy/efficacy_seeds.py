@@ -24,7 +24,8 @@ _MEAN_KEYS = ("success", "success_2", "p_style", "style_drop", "effect", "psnr",
               "cloak_seconds", "finetune_seconds")
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
+def mean_se_over_seeds(values: list[float]) -> tuple[float, float]:
+    """(mean, standard error across seeds = sample sd / sqrt(n); 0 for one seed), rounded to 6 places."""
     m = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return round(m, 6), round(se, 6)
@@ -59,19 +60,19 @@ def merge_seed_runs(runs: list[dict]) -> dict:
         merged = dict(row)
         for name in _MEAN_KEYS:
             vals = [p[name] for p in per if p.get(name) is not None]
-            merged[name] = _mean_se(vals)[0] if len(vals) == len(per) else None
-        merged["success_se"] = _mean_se([p["success"] for p in per])[1]
-        merged["p_style_se"] = _mean_se([p["p_style"] for p in per])[1]
+            merged[name] = mean_se_over_seeds(vals)[0] if len(vals) == len(per) else None
+        merged["success_se"] = mean_se_over_seeds([p["success"] for p in per])[1]
+        merged["p_style_se"] = mean_se_over_seeds([p["p_style"] for p in per])[1]
         merged["samples"] = sum(p["samples"] for p in per)
         merged["seeds"] = len(per)
         merged["per_seed_success"] = [p["success"] for p in per]
         rows.append(merged)
     finetunes = {}
     for kind, info in runs[0]["finetunes"].items():
-        base_m, base_se = _mean_se([r["finetunes"][kind]["base"]["p_style"]["mean"] for r in runs])
+        base_m, base_se = mean_se_over_seeds([r["finetunes"][kind]["base"]["p_style"]["mean"] for r in runs])
         clean = [next(row for row in r["rows"] if row["set"] == "clean" and row["finetune"] == kind) for r in runs]
-        clean_m, clean_se = _mean_se([c["p_style"] for c in clean])
-        succ_m, succ_se = _mean_se([r["finetunes"][kind]["base"]["success"]["rate"] for r in runs])
+        clean_m, clean_se = mean_se_over_seeds([c["p_style"] for c in clean])
+        succ_m, succ_se = mean_se_over_seeds([r["finetunes"][kind]["base"]["success"]["rate"] for r in runs])
         base = {"success": {"rate": succ_m, "se": succ_se, "n": sum(r["finetunes"][kind]["base"]["success"]["n"]
                                                                     for r in runs)},
                 "p_style": {"mean": base_m, "se": base_se, "n": len(runs)}}
@@ -84,7 +85,7 @@ def merge_seed_runs(runs: list[dict]) -> dict:
         for k in ("psnr", "ssim", "linf_255"):
             vals = [r["sets"][name].get(k) for r in runs]
             if all(v is not None for v in vals):
-                merged[k] = _mean_se(vals)[0]
+                merged[k] = mean_se_over_seeds(vals)[0]
         sets[name] = merged
     seconds = {k: round(sum(r["seconds"][k] for r in runs), 1) for k in runs[0]["seconds"]}
     return {**runs[0], "config": {**runs[0]["config"], "seed": seeds[0], "seeds": seeds}, "sets": sets,

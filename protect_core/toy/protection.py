@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from typing import Callable
 
 import torch
+
+from .efficacy_seeds import mean_se_over_seeds
 
 NOISE = "noise"
 
@@ -96,14 +97,15 @@ def protection_sets(host, clean: torch.Tensor, methods: list[str], budget_255: f
     cloaks = {}
     for m in methods:
         s = protection_settings(m, budget_255, intensity, robust, seed, steps)
+        method, opts = parse_method(m)
         t0 = time.perf_counter()
         x = torch.stack([r.image for r in cloak_images(host, list(clean), s, batch_size=len(clean))])
         x = (x.clamp(0, 1) * 255).round() / 255
+        seconds = round(time.perf_counter() - t0, 2)
         cloaks[set_name(m, budget_255, robust)] = {"images": x, "meta": {
-            "method": parse_method(m)[0], "options": parse_method(m)[1], "eps_255": round(s.eps * 255, 3), "steps": s.steps, "robust": robust,
-            "seconds": round(time.perf_counter() - t0, 2), **quality(x),
-            "latent_shift": latent_shift(host, clean, x)}}
-        log(f"cloak {m}: {cloaks[set_name(m, budget_255, robust)]['meta']['seconds']:.0f} s")
+            "method": method, "options": opts, "eps_255": round(s.eps * 255, 3), "steps": s.steps, "robust": robust,
+            "seconds": seconds, **quality(x), "latent_shift": latent_shift(host, clean, x)}}
+        log(f"cloak {m}: {seconds:.0f} s")
     noise_255 = budget_255 if budget_255 is not None else max(e["meta"]["eps_255"] for e in cloaks.values())
     x = placebo(clean, seed, eps=noise_255 / 255)
     sets[f"{NOISE}@{noise_255:g}"] = {"images": x, "meta": {"method": NOISE, "eps_255": noise_255, **quality(x),
@@ -140,13 +142,6 @@ def run_protection(host, judges, world, artist: str, methods: list[str], budget_
     return res
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    m = sum(values) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return m, sd / math.sqrt(n)
-
-
 def merge_runs(runs: list[dict]) -> dict:
     """Cell by cell over seeds: ``{kind: {set: {"classifier": (mean, se), "centroid": (mean, se), "n": seeds}}}``
     plus the mean quality of each set (``quality``)."""
@@ -158,8 +153,8 @@ def merge_runs(runs: list[dict]) -> dict:
                 c["classifier"].append(sc["success"]["rate"])
                 if "second" in sc:
                     c["centroid"].append(sc["second"]["success"]["rate"])
-    merged = {kind: {name: {"classifier": _mean_se(c["classifier"]),
-                            "centroid": _mean_se(c["centroid"]) if c["centroid"] else None,
+    merged = {kind: {name: {"classifier": mean_se_over_seeds(c["classifier"]),
+                            "centroid": mean_se_over_seeds(c["centroid"]) if c["centroid"] else None,
                             "n": len(c["classifier"])} for name, c in per.items()} for kind, per in cells.items()}
     quality: dict = {}
     for run in runs:

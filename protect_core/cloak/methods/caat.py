@@ -26,7 +26,8 @@ class CAAT(KVAlternation):
     summary = "image ascent on the tuning loss alternating with private descent of all cross-attention K/V"
     source = "Xu et al., CAAT, CVPR 2024"
     defaults = {"eps": 0.05, "steps": 250, "step_size": 2.5e-3, "optimizer": "pgd",
-                "options": {"lr": 1e-5, "train_steps": 1, "train_batch": 4, "shared_pass": True, "t_range": None, "posterior": "mean"}}
+                "options": {"lr": 1e-5, "train_steps": 1, "train_batch": 4, "shared_pass": True, "t_range": None,
+                            "posterior": "mean"}}
 
     def choose_layers(self, host, settings):
         if settings.layers:

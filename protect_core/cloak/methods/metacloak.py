@@ -5,7 +5,7 @@ an attacker's fine-tune, each image step through a random transform, while the s
 Our reading, per image step ``i``:
 
 1. a surrogate ``k`` is drawn (seeded, uniform) from the pool of ``pool`` private float32 copies of a UNet subset
-   (option ``subset``, as ASPL: "attention" default, "cross", "kv");
+   (option ``subset``, as ASPL: "attention" default, "cross", "kv", "unet");
 2. the cloaked images pass through one transform drawn from ``transforms`` (the robust option's JPEG, resize,
    blur, noise from :mod:`protect_core.cloak.robust`, plus ``identity`` and ``flip``): MetaCloak's expectation over
    transformations, built in (``--robust`` adds the optimiser's own on top);
@@ -96,7 +96,6 @@ class MetaCloak(SurrogateAttack):
                 loss = trainer.step(host, clean, self.cond, generator, self.train_batch, self.t_range)
                 self.work_step(phase="surrogate", loss=loss)
             self.ages[k] = k * stagger
-        self.base = {n: host.unet_weight(n) for n in self.targets}
         self.pick, self.pick_step, self.resets = 0, -1, 0
         self.info.update(subset=self.opts["subset"], pool=pool, stagger=stagger, unroll=self.unroll,
                          max_age=self.max_age, transforms=list(self.transforms), trained_weights=len(self.targets),
@@ -123,8 +122,7 @@ class MetaCloak(SurrogateAttack):
             self.work_step(phase="surrogate", loss=loss)
         self.ages[k] += self.unroll
         if self.ages[k] >= self.max_age:
-            self.pool[k].adapter.load_state_dict(self.base)
-            self.pool[k] = Trainer(self.pool[k].adapter, self.lr)   # a fresh Adam for the fresh start
+            self.pool[k] = Trainer(weight_copies(host, self.targets), self.lr)   # the host's weights, a fresh Adam
             self.ages[k] = 0
             self.resets += 1
         self.info["resets"] = self.resets

@@ -70,14 +70,13 @@ class StyleGuard(SurrogateAttack):
     def setup(self, host, images, settings, generator):
         self.check_settings(settings)
         self.purifiers = parse_purifiers(self.opts["purifiers"], self.name)
-        self.sample = self.posterior_sample
         self.w_style, self.w_sem = float(self.opts["style_weight"]), float(self.opts["semantic_weight"])
         pattern = target_pattern(*images.shape[-2:], seed=int(self.opts["pattern_seed"])).to(images.device)
         with torch.no_grad():
             self.clean_stats = tuple(s.detach() for s in style_stats(latents_of(host, images)))
             self.target_stats = tuple(s.detach() for s in style_stats(latents_of(host, pattern)))
         self.info.update(purifiers=list(self.purifiers), style_weight=self.w_style, semantic_weight=self.w_sem,
-                         posterior=self.opts["posterior"], drawn={})
+                         drawn={})
 
     def _loss_of(self, host, z, generator, samples):
         loss = 0.0
@@ -90,11 +89,11 @@ class StyleGuard(SurrogateAttack):
 
     def attack_loss(self, host, x, generator, overrides, samples=1):
         """The loss with no purifier (the reported objective; ``overrides`` are unused: no surrogate)."""
-        return self._loss_of(host, purified_latents(host, x, "identity", generator, self.sample), generator,
+        return self._loss_of(host, purified_latents(host, x, "identity", generator, self.posterior_sample), generator,
                              samples)
 
     def loss(self, host, x, step, generator):
         name = self.purifiers[int(torch.randint(len(self.purifiers), (), generator=generator))]
         self.info["drawn"][name] = self.info["drawn"].get(name, 0) + 1
-        z = purified_latents(host, x, name, generator, self.sample)
+        z = purified_latents(host, x, name, generator, self.posterior_sample)
         return self._loss_of(host, z, generator, self.samples)

@@ -33,7 +33,8 @@ class StyleProtect(KVAlternation):
     summary = "CAAT restricted to style-sensitive cross-attention layers (image ascent + private K/V descent)"
     source = "StyleProtect, 2025 (built on CAAT, Xu et al., CVPR 2024)"
     defaults = {"eps": 0.05, "steps": 250, "step_size": 2.5e-3, "optimizer": "pgd",
-                "options": {"lr": 1e-5, "train_steps": 1, "train_batch": 4, "shared_pass": True, "t_range": None, "posterior": "mean"}}
+                "options": {"lr": 1e-5, "train_steps": 1, "train_batch": 4, "shared_pass": True, "t_range": None,
+                            "posterior": "mean"}}
 
     def choose_layers(self, host, settings):
         return resolve_layers(host, settings.layers)
