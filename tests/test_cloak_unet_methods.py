@@ -131,7 +131,7 @@ def test_styleprotect_updates_every_kv_copy_in_after_step(host, rng_images):
     assert seen == [n] * 2, "every after_step must update every private K/V copy"
 
 
-@pytest.mark.parametrize("name", TRAINED + ["mist"])
+@pytest.mark.parametrize("name", TRAINED + ["mist", "styleguard"])
 def test_host_untouched_after_exception_and_cancel(name, host, rng_images, integrity):
     x = rng_images(1, 32, 32, seed=4)
     s = _settings(name, options={"samples": 1, "objective_samples": 1})
