@@ -8,7 +8,9 @@ judges, several seeds; :mod:`protect_core.toy.protection` says exactly what runs
         [--out DIR] [--stem NAME]
 
 Defaults: the world's dev artist (choose settings there; pass a held-out ``--artist`` to report), budget 16/255.
-Prints a markdown table and writes ``STEM.md`` / ``STEM.json`` (default ``protection_<world>_<artist>``) into
+``--budget 4,8,16`` cloaks at each budget. Prints a markdown table and writes ``STEM.md`` / ``STEM.json`` and the
+frontier chart ``STEM.png`` (success against PSNR, :mod:`protect_core.toy.frontier`; default stem
+``protection_<world>_<artist>``) into
 ``--out`` (default benchmarks/results). ``--merge`` adds the seeds of earlier runs (same settings) to the table.
 """
 from __future__ import annotations
@@ -33,7 +35,8 @@ def parse_args(argv=None):
     ap.add_argument("--path", default=None, help="world folder (default: the shipped one)")
     ap.add_argument("--artist", default=None, help="artist to protect (default: the world's dev artist)")
     ap.add_argument("--methods", default="mist,metacloak,styleguard")
-    ap.add_argument("--budget", default="16", help="L-inf budget /255 for every method, or 'default' (each "
+    ap.add_argument("--budget", default="16", help="L-inf budget /255 for every method, a comma-separated list "
+                                                  "(the points of the frontier chart), or 'default' (each "
                                                   "method's own at --intensity)")
     ap.add_argument("--intensity", default="default")
     ap.add_argument("--robust", action="store_true", help="cloak with the expectation over transforms")
@@ -58,6 +61,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
     from protect_core.toy.efficacy import parse_steps
+    from protect_core.toy.frontier import draw_frontier
     from protect_core.toy.protection import check_methods, markdown, run_protection
     from protect_core.worlds import get_world
     from protect_core.worlds.judges import world_judges
@@ -74,7 +78,14 @@ def main(argv=None) -> int:
     cfgw = world.config()
     held = cfgw["held_out"] if isinstance(cfgw["held_out"], list) else [cfgw["held_out"]]
     artist = a.artist or cfgw.get("dev") or held[0]
-    budget = None if a.budget == "default" else float(a.budget)
+    try:
+        budget = None if a.budget == "default" else [float(b) for b in _names(a.budget)]
+        if budget is not None and not (budget and all(0 < b < 256 for b in budget)):   # also nan, inf
+            raise ValueError
+    except ValueError:
+        print(f"protection: --budget: expected 'default' or positive numbers like 8,16,32, got {a.budget!r}",
+              file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
 
     def log(msg):
@@ -101,6 +112,7 @@ def main(argv=None) -> int:
     report = (f"Command: `{res['command']}` ({res['seconds']:.0f} s)\n\nWorld `{a.world}`.\n\n"
               + markdown(runs) + "\n")
     (out / f"{stem}.md").write_text(report)
+    draw_frontier(runs, out / f"{stem}.png", f"Protection success against PSNR: {a.world} world, {artist}")
     print(report)
     return 0
 

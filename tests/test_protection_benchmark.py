@@ -50,6 +50,44 @@ def test_set_names_and_settings():
     assert d.eps == pytest.approx(1.5 * 11 / 255)
 
 
+def _budget_run(seed, rates, psnr):
+    """A multi-budget run: ``rates`` {set: (classifier, centroid)} for LoRA and LoRA after jpeg75, PSNR per set."""
+    run = _run(seed, {**rates, **{n + "|jpeg75": (c / 2, d / 2) for n, (c, d) in rates.items()}})
+    run["budgets_255"] = [8.0, 16.0]
+    run["sets"] = {"clean": {"psnr": None}, **{n: {"psnr": v} for n, v in psnr.items()},
+                   **{n + "|jpeg75": {"after_purifier": {"psnr": v - 1}} for n, v in psnr.items()}}
+    return run
+
+
+def test_frontier_groups_budgets_per_method_and_draws_each_point(tmp_path):
+    from PIL import Image
+
+    from protect_core.toy import frontier
+
+    assert frontier.method_of("mist@16") == "mist" and frontier.method_of("noise@8") == "noise"
+    assert frontier.method_of("aspl:posterior=sample@8+robust") == "aspl:posterior=sample+robust"
+    assert frontier.method_of("glaze") == "glaze"
+    assert prot.budget_list(16) == [16.0] and prot.budget_list(None) == [None]
+    assert prot.budget_list([8, 16]) == [8.0, 16.0]
+    psnr = {"noise@8": 35.0, "noise@16": 29.0, "mist@8": 31.0, "mist@16": 25.0}
+    rates = {"clean": (0.1, 0.2), "noise@8": (0.1, 0.1), "noise@16": (0.2, 0.2), "mist@8": (0.4, 0.3),
+             "mist@16": (0.8, 0.6)}
+    runs = [_budget_run(0, rates, psnr), _budget_run(1, rates, psnr)]
+    pts = frontier.frontier_points(runs)
+    assert pts["methods"] == {"noise": ["noise@8", "noise@16"], "mist": ["mist@8", "mist@16"]}
+    assert [a[0] for a in pts["attacks"]] == ["LoRA", "LoRA after jpeg75"]
+    assert pts["psnr"]["mist@16"] == 25.0       # x is the cloak's own PSNR, in the purifier's panel too
+    assert pts["floor"][("lora", "|jpeg75")]["classifier"][0] == pytest.approx(0.05)
+    out = tmp_path / "f.png"
+    frontier.draw_frontier(runs, out)
+    im = Image.open(out).convert("RGB")
+    assert im.size[0] > 2 * 300 and im.size[1] > 2 * 220
+    mist_colour = frontier.COLOURS[2]            # second method after the noise control
+    assert sum(1 for px in im.getdata() if px == mist_colour) > 50
+    text = prot.markdown(runs)
+    assert "budget 8, 16/255" in text and "| mist@8 | 31.0 |" in text and "| noise@16 | 29.0 |" in text
+
+
 toy = pytest.importorskip("protect_core.toy.model")
 
 
@@ -79,8 +117,18 @@ def test_reduced_run_end_to_end_and_merge(tmp_path, integrity, capsys):
             "--steps", "cloak=2,lora=3,sample=2", "--out", str(tmp_path), "--stem", "p"]
     assert bench.main(["--methods", "mist,nosuch:x=1", "--out", str(tmp_path)]) == 2
     assert "unknown method 'nosuch'" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert bench.main(args + ["--budget", "0,16"]) == 2
+    assert "--budget: expected" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert bench.main(args) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0
     assert bench.main(args[:-1] + ["q", "--seeds", "1", "--merge", str(tmp_path / "p.json")]) == 0
     merged = json.loads((tmp_path / "q.json").read_text())
     assert [r["seed"] for r in merged["runs"]] == [0, 1]
     assert "seeds 0, 1" in (tmp_path / "q.md").read_text()
+    assert bench.main(args[:-1] + ["b", "--budget", "8,16", "--purifiers", ""]) == 0
+    two = json.loads((tmp_path / "b.json").read_text())["runs"][0]
+    assert two["budgets_255"] == [8.0, 16.0]
+    assert {"noise@8", "mist@8", "noise@16", "mist@16"} <= set(two["scores"]["lora"])
+    # two cloak steps stay inside either budget; the step size scales with the budget
+    assert 0 < two["sets"]["mist@8"]["linf_255"] < two["sets"]["mist@16"]["linf_255"] <= 16 + 1e-6
+    assert "budget 8, 16/255" in (tmp_path / "b.md").read_text()

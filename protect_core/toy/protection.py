@@ -3,7 +3,8 @@ with the random-noise control, both judges and several seeds (``benchmarks/prote
 
 One seed's run, for one unseen artist:
 
-1. render ``images`` pieces of the artist (seeded); training sets: ``clean``, ``noise@B`` (uniform +-B/255, the
+1. render ``images`` pieces of the artist (seeded); training sets: ``clean``, then for each budget B (one or a
+   list: the points of the frontier chart, :mod:`protect_core.toy.frontier`) ``noise@B`` (uniform +-B/255, the
    control) and each method at budget B (its default settings, the step size scaled with the budget, as in
    :func:`protect_core.toy.budget.swept_settings`), or at its own default intensity when no budget is given (then
    the control uses the largest default budget among the methods); ``robust`` cloaks with the optimiser's
@@ -79,13 +80,19 @@ def set_name(method: str, budget_255: float | None, robust: bool) -> str:
     return f"{method}{'' if budget_255 is None else f'@{budget_255:g}'}{'+robust' if robust else ''}"
 
 
-def protection_sets(host, clean: torch.Tensor, methods: list[str], budget_255: float | None, intensity: str,
+def budget_list(budget_255) -> list[float | None]:
+    """``16.0`` / ``None`` / ``[8, 16, 32]`` -> a list of budgets (``[None]``: each method's default intensity)."""
+    if budget_255 is None or isinstance(budget_255, (int, float)):
+        return [None if budget_255 is None else float(budget_255)]
+    return [float(b) for b in budget_255]
+
+
+def protection_sets(host, clean: torch.Tensor, methods: list[str], budget_255, intensity: str,
                     robust: bool, seed: int, steps: int | None = None, log: Callable = print) -> dict[str, dict]:
-    """``{name: {"images", "meta"}}``: clean, the noise control and every method's cloak (8-bit)."""
-    from ..cloak.runner import cloak_images
+    """``{name: {"images", "meta"}}``: clean, then per budget (``budget_255`` may be a list, see
+    :func:`budget_list`) the noise control and every method's cloak (8-bit)."""
     from ..metrics import dssim_pyramid
-    from .budget import latent_shift
-    from .efficacy import _quality, placebo
+    from .efficacy import _quality
 
     def quality(x):
         with torch.no_grad():
@@ -94,6 +101,17 @@ def protection_sets(host, clean: torch.Tensor, methods: list[str], budget_255: f
         return q
 
     sets = {"clean": {"images": clean, "meta": {"method": "clean", "psnr": None}}}
+    for budget in budget_list(budget_255):
+        sets.update(_budget_sets(host, clean, methods, budget, intensity, robust, seed, steps, quality, log))
+    return sets
+
+
+def _budget_sets(host, clean, methods, budget_255, intensity, robust, seed, steps, quality, log) -> dict[str, dict]:
+    """The noise control and every method's cloak at one budget (``None``: default intensity)."""
+    from ..cloak.runner import cloak_images
+    from .budget import latent_shift
+    from .efficacy import placebo
+
     cloaks = {}
     for m in methods:
         s = protection_settings(m, budget_255, intensity, robust, seed, steps)
@@ -105,16 +123,16 @@ def protection_sets(host, clean: torch.Tensor, methods: list[str], budget_255: f
         cloaks[set_name(m, budget_255, robust)] = {"images": x, "meta": {
             "method": method, "options": opts, "eps_255": round(s.eps * 255, 3), "steps": s.steps, "robust": robust,
             "seconds": seconds, **quality(x), "latent_shift": latent_shift(host, clean, x)}}
-        log(f"cloak {m}: {seconds:.0f} s")
+        log(f"cloak {set_name(m, budget_255, robust)}: {seconds:.0f} s")
     noise_255 = budget_255 if budget_255 is not None else max(e["meta"]["eps_255"] for e in cloaks.values())
     x = placebo(clean, seed, eps=noise_255 / 255)
-    sets[f"{NOISE}@{noise_255:g}"] = {"images": x, "meta": {"method": NOISE, "eps_255": noise_255, **quality(x),
-                                                            "latent_shift": latent_shift(host, clean, x)}}
+    sets = {f"{NOISE}@{noise_255:g}": {"images": x, "meta": {"method": NOISE, "eps_255": noise_255, **quality(x),
+                                                             "latent_shift": latent_shift(host, clean, x)}}}
     sets.update(cloaks)
     return sets
 
 
-def run_protection(host, judges, world, artist: str, methods: list[str], budget_255: float | None = 16.0,
+def run_protection(host, judges, world, artist: str, methods: list[str], budget_255=16.0,
                    intensity: str = "default", robust: bool = False, purifiers=("jpeg75", "noisy_upscale"),
                    finetunes=("lora",), images: int = 8, samples: int = 24, seed: int = 0,
                    steps: dict | None = None, log: Callable = print) -> dict:
@@ -132,7 +150,9 @@ def run_protection(host, judges, world, artist: str, methods: list[str], budget_
                            log)
     pur = purify_sets(host, sets, cfg, log) if purifiers else {}
     k = judges.styles.index(artist)
-    res = {"artist": artist, "seed": seed, "budget_255": budget_255, "intensity": intensity, "robust": robust,
+    budgets = budget_list(budget_255)
+    res = {"artist": artist, "seed": seed, "budget_255": budgets[0], "budgets_255": budgets, "intensity": intensity,
+           "robust": robust,
            "purifiers": list(purifiers), "sets": {n: e["meta"] for n, e in {**sets, **pur}.items()}, "scores": {}}
     for kind in finetunes:
         chosen = {**sets, **pur} if kind == "lora" else sets
@@ -185,8 +205,10 @@ def markdown(runs: list[dict]) -> str:
     attacks = [("LoRA", "")] + [(f"LoRA after {p}", f"|{p}") for p in first["purifiers"]]
     attacks += [(k, "") for k in merged["scores"] if k != "lora"]
     seeds = sorted({r["seed"] for r in runs})
-    budget = first["budget_255"]
-    lines = [f"Artist **{first['artist']}**, {'budget ' + format(budget, 'g') + '/255' if budget is not None else first['intensity'] + ' intensity'}"
+    budgets = first.get("budgets_255", [first["budget_255"]])
+    where = ("budget " + ", ".join(format(b, "g") for b in budgets) + "/255" if budgets[0] is not None
+             else first["intensity"] + " intensity")
+    lines = [f"Artist **{first['artist']}**, {where}"
              f"{', robust cloaks' if first['robust'] else ''}; seeds {', '.join(map(str, seeds))}. Cell: protection "
              "success by the classifier / the centroid judge" + (" (mean ± standard error across seeds)"
                                                                  if len(seeds) > 1 else "") + ".", "",
