@@ -12,6 +12,8 @@ Defaults: the world's dev artist (choose settings there; pass a held-out ``--art
 frontier chart ``STEM.png`` (success against PSNR, :mod:`protect_core.toy.frontier`; default stem
 ``protection_<world>_<artist>``) into
 ``--out`` (default benchmarks/results). ``--merge`` adds the seeds of earlier runs (same settings) to the table.
+After each seed the finished seeds are kept in ``STEM.partial.json`` (removed when the run completes), so a long run
+that is stopped loses only the seed it was in; ``--merge`` takes that file.
 """
 from __future__ import annotations
 
@@ -57,6 +59,12 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _write_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
@@ -96,19 +104,23 @@ def main(argv=None) -> int:
     runs = []
     for f in _names(a.merge or ""):
         runs += json.loads(Path(f).read_text())["runs"]
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["PYTHONPATH=. python benchmarks/protection.py", *map(shlex.quote, given)])
+    out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results"
+    stem = a.stem or f"protection_{a.world}_{artist}"
+    partial = out / f"{stem}.partial.json"
     for seed in [int(s) for s in _names(a.seeds)]:
         runs.append(run_protection(host, judges, world, artist, _names(a.methods), budget, a.intensity, a.robust,
                                    _names(a.purifiers), _names(a.finetune), a.images, a.samples, seed,
                                    parse_steps(a.steps), log))
         log(f"seed {seed} done")
-    given = sys.argv[1:] if argv is None else list(argv)
-    res = {"world": a.world, "command": " ".join(["PYTHONPATH=. python benchmarks/protection.py",
-                                                  *map(shlex.quote, given)]),
-           "seconds": round(time.perf_counter() - t0, 1), "runs": runs}
-    out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results"
+        # a long run stopped later keeps its finished seeds: STEM.partial.json, which --merge takes
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(partial, {"world": a.world, "command": command, "partial": True, "runs": runs})
+    res = {"world": a.world, "command": command, "seconds": round(time.perf_counter() - t0, 1), "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
-    stem = a.stem or f"protection_{a.world}_{artist}"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))   # first: the numbers survive any report bug
+    _write_atomic(out / f"{stem}.json", res)   # first: the numbers survive any report bug
+    partial.unlink(missing_ok=True)
     report = (f"Command: `{res['command']}` ({res['seconds']:.0f} s)\n\nWorld `{a.world}`.\n\n"
               + markdown(runs) + "\n")
     (out / f"{stem}.md").write_text(report)

@@ -93,7 +93,7 @@ toy = pytest.importorskip("protect_core.toy.model")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not toy.toy_available(), reason="no trained toy model in protect_core/assets/toy")
-def test_reduced_run_end_to_end_and_merge(tmp_path, integrity, capsys):
+def test_reduced_run_end_to_end_and_merge(tmp_path, integrity, capsys, monkeypatch):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import protection as bench
     from protect_core.worlds import get_world
@@ -132,3 +132,21 @@ def test_reduced_run_end_to_end_and_merge(tmp_path, integrity, capsys):
     # two cloak steps stay inside either budget; the step size scales with the budget
     assert 0 < two["sets"]["mist@8"]["linf_255"] < two["sets"]["mist@16"]["linf_255"] <= 16 + 1e-6
     assert "budget 8, 16/255" in (tmp_path / "b.md").read_text()
+    assert not list(tmp_path.glob("*.partial.json")) and not list(tmp_path.glob("*.tmp"))
+    # stopped during its second seed, a run keeps the first in STEM.partial.json, and --merge takes it
+    real = prot.run_protection
+
+    def stop_at_seed_1(*args):
+        if args[12] == 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(prot, "run_protection", stop_at_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(args[:-1] + ["s", "--seeds", "0,1"])
+    assert not (tmp_path / "s.json").exists()
+    kept = json.loads((tmp_path / "s.partial.json").read_text())
+    assert kept["partial"] and [r["seed"] for r in kept["runs"]] == [0]
+    monkeypatch.setattr(prot, "run_protection", real)
+    assert bench.main(args[:-1] + ["t", "--seeds", "", "--merge", str(tmp_path / "s.partial.json")]) == 0
+    assert "seeds 0." in (tmp_path / "t.md").read_text()
