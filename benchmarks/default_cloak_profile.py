@@ -7,7 +7,9 @@ Each configuration is ``stylecloak cloak IMAGE -o OUT`` with the README's defaul
 default model) plus the configuration's flags, run as a fresh process (start-up included, as a user pays it):
 
 * ``default``: nothing added;
-* ``bf16``: ``--dtype bf16`` (the model and the optimisation in bfloat16; fast on CPUs with AVX512-BF16 or AMX).
+* ``bf16``: ``--dtype bf16`` (the model and the optimisation in bfloat16; fast on CPUs with AVX512-BF16 or AMX);
+* ``nchw``: the encoder fed plain NCHW tensors, as before channels-last input was adopted (benchmark only: the
+  child swaps :meth:`HostModel._posterior_whole` for the old three lines), to keep that gain measured side by side.
 
 Rounds alternate the configurations (AB, BA, ...). In the child, the engine's phases are timed by wrapping a few of
 its functions (benchmark only; nothing in the package is changed); each second goes to the innermost phase running:
@@ -34,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"default": [], "bf16": ["--dtype", "bf16"]}
+CONFIGS = {"default": [], "bf16": ["--dtype", "bf16"], "nchw": ["--profile-nchw"]}
 PHASES = ["start-up", "load model", "img2img target", "objective before/after", "steps: encoder forward",
           "steps: backward", "steps: rest of the loss", "steps: update", "write + metrics"]
 
@@ -81,6 +83,14 @@ def _child(argv: list[str]) -> None:
     wrap(opt, "_step_grad", "steps: rest of the loss")
     wrap(host_mod.HostModel, "encode", "steps: encoder forward", only_under="steps: rest of the loss")
     wrap(opt, "_grads", "steps: backward", only_under="steps: rest of the loss")
+    if "--profile-nchw" in argv:
+        argv = [a for a in argv if a != "--profile-nchw"]
+
+        def nchw_posterior(self, images):
+            with self._compute(self.vae_device):
+                mean, logvar = self._vae_posterior(images.to(self.vae_device, self.vae_dtype))
+            return mean.float().to(self.device), logvar.float().to(self.device)
+        host_mod.HostModel._posterior_whole = nchw_posterior
     t0 = time.perf_counter()
     rc = cli.main(argv)
     spent["main"] = time.perf_counter() - t0
