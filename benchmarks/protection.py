@@ -109,16 +109,15 @@ def main(argv=None) -> int:
     out = Path(a.out) if a.out else Path(__file__).resolve().parent / "results"
     stem = a.stem or f"protection_{a.world}_{artist}"
     partial = out / f"{stem}.partial.json"
+    out.mkdir(parents=True, exist_ok=True)
     for seed in [int(s) for s in _names(a.seeds)]:
         runs.append(run_protection(host, judges, world, artist, _names(a.methods), budget, a.intensity, a.robust,
                                    _names(a.purifiers), _names(a.finetune), a.images, a.samples, seed,
                                    parse_steps(a.steps), log))
         log(f"seed {seed} done")
         # a long run stopped later keeps its finished seeds: STEM.partial.json, which --merge takes
-        out.mkdir(parents=True, exist_ok=True)
         _write_atomic(partial, {"world": a.world, "command": command, "partial": True, "runs": runs})
     res = {"world": a.world, "command": command, "seconds": round(time.perf_counter() - t0, 1), "runs": runs}
-    out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / f"{stem}.json", res)   # first: the numbers survive any report bug
     partial.unlink(missing_ok=True)
     report = (f"Command: `{res['command']}` ({res['seconds']:.0f} s)\n\nWorld `{a.world}`.\n\n"

@@ -196,17 +196,35 @@ COLOURS = [(0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 4
            (140, 86, 75), (227, 119, 194), (23, 190, 207), (188, 189, 34), (127, 127, 127)]
 
 
+def chart_fonts():
+    """Pillow's default font at title and label size (one size where Pillow lacks FreeType sizes)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=14), ImageFont.load_default(size=12)
+    except TypeError:  # Pillow without FreeType sizes
+        font = ImageFont.load_default()
+        return font, font
+
+
+def percent_panel(d, x0, y0, pw, ph, label: str, font) -> None:
+    """One chart panel: its frame, its label above it and the y axis in percent (grid lines every 20%)."""
+    d.rectangle((x0, y0, x0 + pw, y0 + ph), outline="black")
+    d.text((x0, y0 - 18), label, fill="black", font=font)
+    for tick in range(0, 101, 20):
+        yt = y0 + ph * (1 - tick / 100)
+        d.line((x0, yt, x0 + pw, yt), fill=(230, 230, 230))
+        d.text((x0 - 28, yt - 7), f"{tick}", fill="black", font=font)
+
+
 def draw_chart(results: dict, path, title: str = "Protection vs budget on the toy world") -> None:
     """A PNG, one panel per fine-tune: x = budget (log2 scale, /255), y = protection success (%), one line per
     method, the noise control in black; the dashed line is the 90% goal, the dotted one the no-protection floor."""
     import math
 
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    try:
-        font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
-    except TypeError:  # Pillow without FreeType sizes
-        font = small = ImageFont.load_default()
+    font, small = chart_fonts()
     budgets = results["config"]["budgets_255"]
     kinds = results["config"]["finetunes"]
     methods = [NOISE] + results["config"]["methods"]
@@ -226,12 +244,7 @@ def draw_chart(results: dict, path, title: str = "Protection vs budget on the to
 
     for p, kind in enumerate(kinds):
         x0 = left + p * (pw + margin)
-        d.rectangle((x0, top, x0 + pw, top + ph), outline="black")
-        d.text((x0, top - 18), f"fine-tune: {kind}", fill="black", font=small)
-        for tick in range(0, 101, 20):
-            yt = top + ph * (1 - tick / 100)
-            d.line((x0, yt, x0 + pw, yt), fill=(230, 230, 230))
-            d.text((x0 - 28, yt - 7), f"{tick}", fill="black", font=small)
+        percent_panel(d, x0, top, pw, ph, f"fine-tune: {kind}", small)
         for b in budgets:
             xb = xy(x0, b, 0)[0]
             d.text((xb - 8, top + ph + 4), f"{b:g}", fill="black", font=small)

@@ -157,10 +157,9 @@ def draw_chart(results: dict, path, title: str = "StyleCloak efficacy on the toy
     """A PNG of grouped horizontal bars (see module doc)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    try:
-        font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
-    except TypeError:  # Pillow without FreeType sizes
-        font = small = ImageFont.load_default()
+    from .budget import chart_fonts
+
+    font, small = chart_fonts()
     cols = purifier_columns(results)
     names = set_order(results)
     kinds = list(results["finetunes"])

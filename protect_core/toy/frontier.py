@@ -9,7 +9,7 @@ Drawn with Pillow (no matplotlib).
 """
 from __future__ import annotations
 
-from .budget import COLOURS
+from .budget import COLOURS, chart_fonts, percent_panel
 from .protection import NOISE, merge_runs
 
 NAIVE_GOAL, ROBUST_GOAL = 0.95, 0.85     # the protection issue's goals: un-purified / after each purifier
@@ -28,8 +28,8 @@ def frontier_points(runs: list[dict]) -> dict:
     "scores": merged scores, "floor": {(kind, suffix): cell}}``: what :func:`draw_frontier` plots."""
     merged = merge_runs(runs)
     first = runs[0]
-    sets = [n for n in first["sets"] if "|" not in n and n != "clean"]
-    for run in runs[1:]:
+    sets: list[str] = []   # every un-purified cloak or control, in first-seen order across the runs
+    for run in runs:
         sets += [n for n in run["sets"] if "|" not in n and n != "clean" and n not in sets]
     methods: dict[str, list[str]] = {}
     for n in sets:
@@ -48,15 +48,14 @@ def draw_frontier(runs: list[dict], path, title: str = "Protection success again
     purifier); dotted: the no-protection floor (clean art through the same attack); black: the noise control."""
     import math
 
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    try:
-        font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
-    except TypeError:  # Pillow without FreeType sizes
-        font = small = ImageFont.load_default()
+    font, small = chart_fonts()
     pts = frontier_points(runs)
     attacks, methods = pts["attacks"], [m for m in pts["methods"] if m.startswith(NOISE)]
     methods += [m for m in pts["methods"] if not m.startswith(NOISE)]
+    colour = {m: (0, 0, 0) if m.startswith(NOISE) else COLOURS[1 + k % (len(COLOURS) - 1)]
+              for k, m in enumerate(methods)}
     judges = [("classifier", 0), ("centroid", 1)]
     lo = math.floor(min(pts["psnr"].values(), default=20.0)) - 1
     hi = math.ceil(max(pts["psnr"].values(), default=40.0)) + 1
@@ -75,12 +74,7 @@ def draw_frontier(runs: list[dict], path, title: str = "Protection success again
             def xy(psnr, rate, x0=x0, y0=y0):
                 return x0 + pw * (psnr - lo) / (hi - lo), y0 + ph * (1 - rate)
 
-            d.rectangle((x0, y0, x0 + pw, y0 + ph), outline="black")
-            d.text((x0, y0 - 18), f"{label} - {judge} judge", fill="black", font=small)
-            for tick in range(0, 101, 20):
-                yt = y0 + ph * (1 - tick / 100)
-                d.line((x0, yt, x0 + pw, yt), fill=(230, 230, 230))
-                d.text((x0 - 28, yt - 7), f"{tick}", fill="black", font=small)
+            percent_panel(d, x0, y0, pw, ph, f"{label} - {judge} judge", small)
             for db in range(int(lo), int(hi) + 1, 2 if hi - lo <= 16 else 4):
                 d.text((xy(db, 0)[0] - 8, y0 + ph + 4), f"{db}", fill="black", font=small)
             goal = ROBUST_GOAL if suffix else NAIVE_GOAL
@@ -89,8 +83,7 @@ def draw_frontier(runs: list[dict], path, title: str = "Protection success again
                 d.line((xx, xy(lo, goal)[1], xx + 4, xy(lo, goal)[1]), fill=(120, 120, 120))
                 if floor and floor.get(judge):
                     d.point((xx, xy(lo, floor[judge][0])[1]), fill=(60, 60, 60))
-            for k, m in enumerate(methods):
-                colour = (0, 0, 0) if m.startswith(NOISE) else COLOURS[1 + k % (len(COLOURS) - 1)]
+            for m in methods:
                 line = []
                 for n in pts["methods"][m]:
                     cell = pts["scores"].get(kind, {}).get(n + suffix)
@@ -98,12 +91,11 @@ def draw_frontier(runs: list[dict], path, title: str = "Protection success again
                         line.append(xy(pts["psnr"][n], cell[judge][0]))
                 line.sort()
                 if len(line) > 1:
-                    d.line(line, fill=colour, width=2)
+                    d.line(line, fill=colour[m], width=2)
                 for x, y in line:
-                    d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+                    d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour[m])
     lx = left + len(attacks) * (pw + gap_x) - 10
     for k, m in enumerate(methods):
-        colour = (0, 0, 0) if m.startswith(NOISE) else COLOURS[1 + k % (len(COLOURS) - 1)]
-        d.rectangle((lx, top + 18 * k + 3, lx + 10, top + 18 * k + 13), fill=colour)
+        d.rectangle((lx, top + 18 * k + 3, lx + 10, top + 18 * k + 13), fill=colour[m])
         d.text((lx + 16, top + 18 * k), m, fill="black", font=small)
     im.save(str(path), format="PNG")
